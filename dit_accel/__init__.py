@@ -1,0 +1,31 @@
+"""dit-accel: training-free sparse attention for diffusers video and image transformers.
+
+``import dit_accel`` adds ``enable_sparse_attention``, ``disable_sparse_attention`` and
+``sparse_attention_report`` to ``diffusers.DiffusionPipeline``. The kernels
+(``dit_accel.kernels``) work without diffusers; everything else needs a tested diffusers release.
+"""
+
+from __future__ import annotations
+
+from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
+from .config import DenseConfig, SparseAttentionConfig, Window3DConfig, available_methods
+from .report import SparseAttentionReport
+from .versions import check_diffusers
+
+__version__ = "0.1.0"
+
+if check_diffusers():
+    from .api import install_pipeline_methods
+
+    install_pipeline_methods()
+
+__all__ = [
+    "DenseConfig",
+    "SparseAttentionConfig",
+    "SparseAttentionReport",
+    "Window3DConfig",
+    "available_methods",
+    "disable_sparse_attention",
+    "enable_sparse_attention",
+    "sparse_attention_report",
+]

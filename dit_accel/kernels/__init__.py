@@ -10,12 +10,20 @@ from typing import Literal
 
 import torch
 
+from .dense import dense_attention
 from .layout import BlockLayout, num_blocks
 from .reference import AttentionResult, block_sparse_attention_torch
 
 Backend = Literal["auto", "triton", "torch"]
 
-__all__ = ["AttentionResult", "BlockLayout", "block_sparse_attention", "num_blocks"]
+__all__ = [
+    "AttentionResult",
+    "BlockLayout",
+    "attention_with_stats",
+    "block_sparse_attention",
+    "dense_attention",
+    "num_blocks",
+]
 
 
 def block_sparse_attention(
@@ -45,8 +53,9 @@ def block_sparse_attention(
         The output (batch, seq_q, heads, head_dim) in ``q``'s dtype, and the LSE if asked.
         A row whose list is empty (or whose keys are all padding) gives zeros and LSE = -inf.
     """
-    result = attention_with_stats(q, k, v, layout, scale=scale, key_padding_mask=key_padding_mask,
-                                  backend=backend)
+    result = attention_with_stats(
+        q, k, v, layout, scale=scale, key_padding_mask=key_padding_mask, backend=backend
+    )
     return (result.out, result.lse) if return_lse else result.out
 
 

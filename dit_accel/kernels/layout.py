@@ -47,7 +47,8 @@ class BlockLayout:
             )
         if self.kv_indices.shape[:3] != self.kv_counts.shape:
             raise ValueError(
-                f"kv_indices {tuple(self.kv_indices.shape)} and kv_counts {tuple(self.kv_counts.shape)} disagree"
+                f"kv_indices {tuple(self.kv_indices.shape)} and kv_counts "
+                f"{tuple(self.kv_counts.shape)} disagree"
             )
         if self.kv_indices.dtype != torch.int32 or self.kv_counts.dtype != torch.int32:
             raise TypeError("BlockLayout index tensors must be int32")
@@ -74,8 +75,10 @@ class BlockLayout:
         block ids (ascending) to the front of each row.
         """
         if mask.dim() != 4 or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a boolean (B, H, n_q_blocks, n_k_blocks) tensor; got {mask.dtype} "
-                             f"{tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be a boolean (B, H, n_q_blocks, n_k_blocks) tensor; got {mask.dtype} "
+                f"{tuple(mask.shape)}"
+            )
         n_k = mask.shape[-1]
         ids = torch.arange(n_k, device=mask.device, dtype=torch.int32)
         # Dropped blocks get key n_k + id, kept ones key id: sorting puts kept ids first, ascending.
@@ -86,8 +89,14 @@ class BlockLayout:
         return cls(kv_indices.contiguous(), kv_counts, block_size_q, block_size_k, n_k)
 
     @classmethod
-    def full(cls, num_q_blocks: int, num_k_blocks: int, block_size_q: int, block_size_k: int,
-             device: torch.device | str = "cpu") -> BlockLayout:
+    def full(
+        cls,
+        num_q_blocks: int,
+        num_k_blocks: int,
+        block_size_q: int,
+        block_size_k: int,
+        device: torch.device | str = "cpu",
+    ) -> BlockLayout:
         """Every query block attends every key block (dense attention through the sparse path)."""
         ids = torch.arange(num_k_blocks, device=device, dtype=torch.int32)
         kv_indices = ids.expand(1, 1, num_q_blocks, num_k_blocks).contiguous()

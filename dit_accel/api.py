@@ -1,0 +1,132 @@
+"""The public verbs: enable, disable, report; as functions and as DiffusionPipeline methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import SparseAttentionConfig, resolve_config
+from .report import SparseAttentionReport
+from .session import SparseSession
+
+_SESSION_ATTR = "_dit_accel_session"
+_INSTALL_ATTR = "_dit_accel_installation"
+_TRANSFORMER_COMPONENTS = ("transformer", "transformer_2")
+
+
+def _transformers(target: Any) -> list[tuple[str, torch.nn.Module]]:
+    """(component name, module) of the transformers to patch in a pipeline or a bare transformer."""
+    from .patches import UnsupportedModelError, adapter_for
+
+    if isinstance(target, torch.nn.Module):
+        adapter_for(target)
+        return [("transformer", target)]
+    components = getattr(target, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError(
+            "enable_sparse_attention expects a diffusers pipeline or transformer, "
+            f"got {type(target).__name__}"
+        )
+    found = [
+        (name, components[name])
+        for name in _TRANSFORMER_COMPONENTS
+        if isinstance(components.get(name), torch.nn.Module)
+    ]
+    if not found:
+        raise UnsupportedModelError(
+            f"{type(target).__name__} has no transformer component for dit-accel to patch"
+        )
+    for _, module in found:
+        adapter_for(module)
+    return found
+
+
+def enable_sparse_attention(
+    pipe_or_transformer: Any, method: str | SparseAttentionConfig = "auto", **overrides: Any
+) -> SparseAttentionReport:
+    """Route the video/image self-attention of a pipeline (or bare transformer) through ``method``.
+
+    Args:
+        pipe_or_transformer: a diffusers pipeline (its ``transformer`` and, for Wan 2.2 A14B,
+            ``transformer_2`` are patched) or a transformer model.
+        method: a registered method name ("dense", "window3d", ...), "auto" (currently the
+            ``window3d`` defaults), or a config object.
+        **overrides: config fields, e.g. ``block_size=64`` or ``window=(9, 24, 24)``.
+
+    Enabling again replaces the previous method. Returns the (empty) report of the new session.
+    """
+    from .patches import Installation, adapter_for
+
+    config = resolve_config("window3d" if method == "auto" else method, **overrides)
+    targets = _transformers(pipe_or_transformer)
+    disable_sparse_attention(pipe_or_transformer)
+    session = SparseSession(config)
+    installed: list[torch.nn.Module] = []
+    try:
+        for name, module in targets:
+            installation = Installation(module, adapter_for(module), session, name)
+            installation.install()
+            setattr(module, _INSTALL_ATTR, installation)
+            setattr(module, _SESSION_ATTR, session)
+            installed.append(module)
+            session.transformer_names.append(name)
+    except Exception:
+        for module in installed:
+            _uninstall(module)
+        raise
+    return session.report()
+
+
+def _uninstall(module: torch.nn.Module) -> None:
+    installation = module.__dict__.pop(_INSTALL_ATTR, None)
+    session = module.__dict__.pop(_SESSION_ATTR, None)
+    if installation is not None:
+        installation.uninstall()
+    if session is not None:
+        session.close()
+
+
+def _sessions(target: Any) -> list[SparseSession]:
+    modules = (
+        [target]
+        if isinstance(target, torch.nn.Module)
+        else [getattr(target, name, None) for name in _TRANSFORMER_COMPONENTS]
+    )
+    sessions: list[SparseSession] = []
+    for module in modules:
+        session = getattr(module, _SESSION_ATTR, None) if module is not None else None
+        if session is not None and session not in sessions:
+            sessions.append(session)
+    return sessions
+
+
+def disable_sparse_attention(pipe_or_transformer: Any) -> None:
+    """Restore the original processors, backends and forward behaviour exactly; free method state."""
+    modules = (
+        [pipe_or_transformer]
+        if isinstance(pipe_or_transformer, torch.nn.Module)
+        else [getattr(pipe_or_transformer, name, None) for name in _TRANSFORMER_COMPONENTS]
+    )
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            _uninstall(module)
+
+
+def sparse_attention_report(pipe_or_transformer: Any) -> SparseAttentionReport:
+    """What sparse attention did during the last generation (density per call, state memory)."""
+    sessions = _sessions(pipe_or_transformer)
+    if not sessions:
+        raise RuntimeError(
+            "sparse attention is not enabled on this object; call enable_sparse_attention() first"
+        )
+    return sessions[0].report()
+
+
+def install_pipeline_methods() -> None:
+    """Add the three verbs to ``diffusers.DiffusionPipeline`` (idempotent)."""
+    from diffusers import DiffusionPipeline
+
+    DiffusionPipeline.enable_sparse_attention = enable_sparse_attention
+    DiffusionPipeline.disable_sparse_attention = disable_sparse_attention
+    DiffusionPipeline.sparse_attention_report = sparse_attention_report

@@ -1,0 +1,181 @@
+"""ModelAdapter: what dit-accel must know about one transformer family, and how it is installed.
+
+An adapter answers three questions for its family: which attention modules are video/image
+self-attention (or joint text+video attention), how to read the token grid from the transformer's
+input, and how to route a module through the ``dit_accel`` backend. ``Installation`` then puts the
+hooks in place and records every change so that ``uninstall`` restores the exact original objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+
+from ..context import CURRENT_BRANCH, CURRENT_CALL, CURRENT_LAYER, CallContext, LayerContext
+from .backend import ACTIVE_SESSION, IntegrationError, register_backend
+
+
+class UnsupportedModelError(TypeError):
+    """The model has no dit-accel adapter."""
+
+
+class ModelAdapter:
+    """Per-family knowledge; subclasses fill the class attributes and ``routed_layers``/``token_grid``."""
+
+    family: ClassVar[str] = ""
+    transformer_classes: ClassVar[tuple[str, ...]] = ()
+    text_position: ClassVar[str] = "none"
+
+    @classmethod
+    def matches(cls, transformer: torch.nn.Module) -> bool:
+        return any(klass.__name__ in cls.transformer_classes for klass in type(transformer).__mro__)
+
+    def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """(module path, module) of every self-attention module to route, in model order."""
+        raise NotImplementedError
+
+    def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, height, width) of the token grid for this input of the transformer."""
+        raise NotImplementedError
+
+    def route(self, module: torch.nn.Module, backend: Any) -> Callable[[], None]:
+        """Send ``module``'s attention product to ``backend``; return the function that undoes it.
+
+        Default, for processors that already call ``dispatch_attention_fn``: install a copy of the
+        stock processor whose ``_attention_backend`` is ours (the copy keeps any parallel config).
+        """
+        original = module.processor
+        if not hasattr(original, "_attention_backend"):
+            raise IntegrationError(
+                f"{type(original).__name__} does not dispatch through diffusers' attention backends"
+            )
+        routed = copy.copy(original)
+        routed._attention_backend = backend
+        module.processor = routed
+        return lambda: setattr(module, "processor", original)
+
+
+def _argument(transformer: torch.nn.Module, args: tuple, kwargs: dict, name: str) -> Any:
+    """A forward argument by name, whether passed by keyword or position."""
+    if name in kwargs:
+        return kwargs[name]
+    params = [p for p in inspect.signature(type(transformer).forward).parameters if p != "self"]
+    index = params.index(name)
+    return args[index] if index < len(args) else None
+
+
+def _timestep_value(timestep: Any) -> float:
+    """One number per call: per-token timesteps (Wan 2.2 TI2V) reduce to their largest value."""
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.detach().float().max())
+    return float(timestep)
+
+
+class Installation:
+    """The hooks dit-accel puts on one transformer, and their exact undo."""
+
+    def __init__(self, transformer: torch.nn.Module, adapter: ModelAdapter, session: Any, name: str) -> None:
+        self.transformer, self.adapter, self.session, self.name = transformer, adapter, session, name
+        self._undo: list[Callable[[], None]] = []
+        self._tokens: list[tuple] = []
+        self.layers: list[str] = []
+
+    def install(self) -> None:
+        backend = register_backend()
+        layers = self.adapter.routed_layers(self.transformer)
+        if not layers:
+            raise IntegrationError(f"no self-attention modules found in {type(self.transformer).__name__}")
+        try:
+            for index, (path, module) in enumerate(layers):
+                self._undo.append(self.adapter.route(module, backend))
+                self._hook_layer(module, LayerContext(path, index))
+                self.layers.append(path)
+            self._hook_transformer()
+            self._wrap_cache_context()
+        except Exception:
+            self.uninstall()
+            raise
+
+    def uninstall(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+        self.layers.clear()
+
+    def _hook_layer(self, module: torch.nn.Module, layer: LayerContext) -> None:
+        tokens: list = []
+
+        def enter(mod, args):
+            tokens.append(CURRENT_LAYER.set(layer))
+
+        def leave(mod, args, output):
+            if tokens:
+                CURRENT_LAYER.reset(tokens.pop())
+
+        pre = module.register_forward_pre_hook(enter)
+        post = module.register_forward_hook(leave, always_call=True)
+        self._undo.append(pre.remove)
+        self._undo.append(post.remove)
+
+    def _hook_transformer(self) -> None:
+        transformer, adapter, session = self.transformer, self.adapter, self.session
+
+        def enter(mod, args, kwargs):
+            hidden_states = _argument(mod, args, kwargs, "hidden_states")
+            timestep = _argument(mod, args, kwargs, "timestep")
+            branch = CURRENT_BRANCH.get()
+            branch_name, branch_info = branch if branch is not None else ("unknown", {})
+            step = session.steps.observe(
+                _timestep_value(timestep) if timestep is not None else None, branch_info.get("step_index")
+            )
+            call = CallContext(
+                grid=adapter.token_grid(mod, hidden_states),
+                text_position=adapter.text_position,
+                step_index=step,
+                num_inference_steps=branch_info.get("num_inference_steps"),
+                cfg_branch=branch_name,
+                transformer_name=self.name,
+            )
+            self._tokens.append((CURRENT_CALL.set(call), ACTIVE_SESSION.set(session)))
+
+        def leave(mod, args, kwargs, output):
+            if self._tokens:
+                call_token, session_token = self._tokens.pop()
+                CURRENT_CALL.reset(call_token)
+                ACTIVE_SESSION.reset(session_token)
+
+        pre = transformer.register_forward_pre_hook(enter, with_kwargs=True)
+        post = transformer.register_forward_hook(leave, with_kwargs=True, always_call=True)
+        self._undo.append(pre.remove)
+        self._undo.append(post.remove)
+
+    def _wrap_cache_context(self) -> None:
+        """Learn the CFG branch from diffusers' ``cache_context(name, ...)`` around each call."""
+        transformer = self.transformer
+        original = getattr(transformer, "cache_context", None)
+        if original is None:
+            return
+        had_instance_attr = "cache_context" in vars(transformer)
+
+        @contextmanager
+        def cache_context(name: str, **kwargs: Any):
+            token = CURRENT_BRANCH.set((name, kwargs))
+            try:
+                with original(name, **kwargs):
+                    yield
+            finally:
+                CURRENT_BRANCH.reset(token)
+
+        transformer.cache_context = cache_context
+
+        def undo() -> None:
+            if had_instance_attr:
+                transformer.cache_context = original
+            else:
+                del transformer.cache_context
+
+        self._undo.append(undo)

@@ -1,0 +1,34 @@
+"""HunyuanVideo (T2V and I2V): ``HunyuanVideoTransformer3DModel``.
+
+Dual-stream blocks (``transformer_blocks.N.attn``) and single-stream blocks
+(``single_transformer_blocks.N.attn``) run joint attention over [video, text] with padded text
+keys masked; both are routed. The token refiner's attention stays stock. HunyuanVideo 1.5 is a
+different class with a different token layout and is not covered by this adapter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ModelAdapter
+
+
+class HunyuanVideoAdapter(ModelAdapter):
+    family = "HunyuanVideo"
+    transformer_classes = ("HunyuanVideoTransformer3DModel",)
+    text_position = "last"
+
+    def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        dual = [
+            (f"transformer_blocks.{i}.attn", b.attn) for i, b in enumerate(transformer.transformer_blocks)
+        ]
+        single = [
+            (f"single_transformer_blocks.{i}.attn", b.attn)
+            for i, b in enumerate(transformer.single_transformer_blocks)
+        ]
+        return dual + single
+
+    def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+        _, _, frames, height, width = hidden_states.shape
+        return frames // p_t, height // p, width // p
