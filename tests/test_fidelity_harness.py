@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import tiny_pipelines as tp
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fidelity  # noqa: E402
