@@ -232,3 +232,34 @@ def test_bare_transformer_functions():
     assert report.mean_density < 0.5
     assert rel_l2(sparse, stock) > 1e-4
     assert torch.equal(tp.run(pipe, kwargs), stock)
+
+
+def test_dense_steps_and_dense_layers_keep_those_calls_exact():
+    pipe, kwargs = tp.build_wan21()
+    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4), dense_steps=1, dense_layers=[1])
+    tp.run(pipe, kwargs)
+    records = pipe.sparse_attention_report().records
+    pipe.disable_sparse_attention()
+    for r in records:
+        expected_dense = r["step"] == 0 or r["layer_index"] == 1
+        assert (r["density"] == 1.0) == expected_dense, r
+
+
+def test_per_token_timesteps_of_wan22_ti2v_count_steps():
+    """Wan 2.2 TI2V-5B passes a (batch, tokens) timestep; its largest value marks the step."""
+    pipe, _ = tp.build_wan21()
+    transformer = pipe.transformer
+    grid = tp.SPECS["wan21"]["token_grid"]
+    latents = torch.randn(1, 16, grid[0], grid[1] * 2, grid[2] * 2)
+    text = torch.randn(1, 16, transformer.config.text_dim)
+    dit_accel.enable_sparse_attention(transformer, "dense")
+    for t in (900.0, 600.0, 300.0):
+        per_token = torch.full((1, grid[0] * grid[1] * grid[2]), t)
+        per_token[:, : grid[1] * grid[2]] = 0.0  # the conditioning frame is clean
+        with torch.no_grad():
+            transformer(
+                hidden_states=latents, timestep=per_token, encoder_hidden_states=text, return_dict=False
+            )
+    steps = [r["step"] for r in dit_accel.sparse_attention_report(transformer).records]
+    dit_accel.disable_sparse_attention(transformer)
+    assert steps == [0, 0, 1, 1, 2, 2]
