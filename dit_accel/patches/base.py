@@ -9,6 +9,7 @@ hooks in place and records every change so that ``uninstall`` restores the exact
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -60,12 +61,16 @@ class ModelAdapter:
         return lambda: setattr(module, "processor", original)
 
 
+@functools.cache
+def _forward_parameters(transformer_cls: type) -> tuple[str, ...]:
+    return tuple(p for p in inspect.signature(transformer_cls.forward).parameters if p != "self")
+
+
 def _argument(transformer: torch.nn.Module, args: tuple, kwargs: dict, name: str) -> Any:
     """A forward argument by name, whether passed by keyword or position."""
     if name in kwargs:
         return kwargs[name]
-    params = [p for p in inspect.signature(type(transformer).forward).parameters if p != "self"]
-    index = params.index(name)
+    index = _forward_parameters(type(transformer)).index(name)
     return args[index] if index < len(args) else None
 
 
