@@ -1,9 +1,9 @@
 """The Triton block-sparse kernel against the float64 oracle.
 
 Triton kernels need TRITON_INTERPRET=1 in the environment before triton is imported to run on the
-CPU, so on a machine without a GPU the plain ``python -m pytest`` run re-invokes this module in a
-subprocess with the interpreter on (``test_kernels_under_interpreter``); inside that subprocess, or
-on a CUDA machine, the kernel tests below run directly. Every test draws fresh random inputs; the
+CPU; ``tests/conftest.py`` sets it for the whole session on machines without CUDA, so the kernel
+tests below run in-process there and natively on a CUDA machine. The ahead-of-time sm_90 compile
+test needs the interpreter off and runs itself in a subprocess. Every test draws fresh random inputs; the
 seed is in every assertion message so that a failure can be replayed (``KERNEL_TEST_SEED=<seed>``).
 """
 
