@@ -105,3 +105,22 @@ def test_report_before_enable_is_an_error():
 def test_non_pipeline_object_is_rejected():
     with pytest.raises(TypeError, match="diffusers pipeline or transformer"):
         dit_accel.enable_sparse_attention(object())
+
+
+def test_non_stock_processor_is_refused_and_nothing_stays_patched():
+    import tiny_pipelines as tp
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from dit_accel.patches.backend import IntegrationError
+
+    pipe, _ = tp.build_pixart_sigma()
+    blocks = pipe.transformer.transformer_blocks
+    blocks[-1].attn1.set_processor(AttnProcessor())
+    before = [b.attn1.processor for b in blocks]
+    with pytest.raises(
+        IntegrationError, match="PixArt self-attention uses AttnProcessor; dit-accel routes only"
+    ):
+        pipe.enable_sparse_attention("dense")
+    assert [b.attn1.processor for b in blocks] == before
+    assert not pipe.transformer._forward_pre_hooks
+    assert not blocks[0].attn1._forward_pre_hooks

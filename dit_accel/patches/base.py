@@ -61,6 +61,30 @@ class ModelAdapter:
         return lambda: setattr(module, "processor", original)
 
 
+class ProcessorSwapAdapter(ModelAdapter):
+    """For families whose stock processor calls SDPA directly: install a routed processor instead.
+
+    Only the stock processor class is replaced (a fused or custom processor the user installed
+    would be silently dropped otherwise); ``routed_processor`` computes the same arithmetic.
+    """
+
+    stock_processors: ClassVar[tuple[str, ...]] = ()
+    routed_processor: ClassVar[type] = object
+
+    def route(self, module: torch.nn.Module, backend: Any) -> Callable[[], None]:
+        original = module.processor
+        if type(original).__name__ not in self.stock_processors:
+            raise IntegrationError(
+                f"{self.family} self-attention uses {type(original).__name__}; dit-accel routes only "
+                f"{self.stock_processors} (unfuse QKV projections or restore the default processor first)"
+            )
+        check = getattr(self.routed_processor, "check_module", None)
+        if check is not None:
+            check(module)
+        module.processor = self.routed_processor(backend)
+        return lambda: setattr(module, "processor", original)
+
+
 @functools.cache
 def _forward_parameters(transformer_cls: type) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(transformer_cls.forward).parameters if p != "self")

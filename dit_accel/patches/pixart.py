@@ -7,22 +7,18 @@ same arithmetic is installed instead. Images are a one-frame grid.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
-from .backend import IntegrationError
-from .base import ModelAdapter
+from .base import ProcessorSwapAdapter
 from .processors import SelfAttentionRoutedProcessor
 
-_STOCK_PROCESSORS = ("AttnProcessor2_0",)
 
-
-class PixArtAdapter(ModelAdapter):
+class PixArtAdapter(ProcessorSwapAdapter):
     family = "PixArt"
     transformer_classes = ("PixArtTransformer2DModel",)
     text_position = "none"
+    stock_processors = ("AttnProcessor2_0",)
+    routed_processor = SelfAttentionRoutedProcessor
 
     def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         return [
@@ -33,14 +29,3 @@ class PixArtAdapter(ModelAdapter):
         p = transformer.config.patch_size
         _, _, height, width = hidden_states.shape
         return 1, height // p, width // p
-
-    def route(self, module: torch.nn.Module, backend: Any) -> Callable[[], None]:
-        original = module.processor
-        if type(original).__name__ not in _STOCK_PROCESSORS:
-            raise IntegrationError(
-                f"PixArt self-attention uses {type(original).__name__}; "
-                f"dit-accel routes only {_STOCK_PROCESSORS}"
-            )
-        SelfAttentionRoutedProcessor.check_module(module)
-        module.processor = SelfAttentionRoutedProcessor(backend)
-        return lambda: setattr(module, "processor", original)
