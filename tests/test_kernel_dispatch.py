@@ -121,3 +121,14 @@ def test_element_mask_validation():
     with pytest.raises(TypeError, match="int32"):
         i32 = torch.zeros(1, 4, dtype=torch.int32)
         ElementMask(torch.zeros(1, 4), i32, i32)
+
+
+def test_auto_picks_triton_for_supported_cuda_inputs(monkeypatch):
+    """bf16/fp16/fp32 CUDA tensors with a supported head dim and block size go to the kernel."""
+    if kernels._triton_module() is None:
+        pytest.fail("Triton is a dependency on Linux and must import")
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    layout = BlockLayout.full(2, 2, 16, 16)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert kernels._use_triton(torch.randn(1, 32, 1, 64, dtype=dtype), layout, None, "auto")
+    assert not kernels._use_triton(torch.randn(1, 32, 1, 64, dtype=torch.bfloat16), layout, None, "torch")
