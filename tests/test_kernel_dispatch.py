@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -126,7 +127,9 @@ def test_element_mask_validation():
 def test_auto_picks_triton_for_supported_cuda_inputs(monkeypatch):
     """bf16/fp16/fp32 CUDA tensors with a supported head dim and block size go to the kernel."""
     if kernels._triton_module() is None:
-        pytest.fail("Triton is a dependency on Linux and must import")
+        if sys.platform.startswith("linux"):
+            pytest.fail("Triton is a dependency on Linux and must import")
+        pytest.skip("Triton is not a dependency on this platform")
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     layout = BlockLayout.full(2, 2, 16, 16)
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
