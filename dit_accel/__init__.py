@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
-from .config import DenseConfig, SparseAttentionConfig, Window3DConfig, available_methods
+from .config import DenseConfig, SparseAttentionConfig, VMoBAConfig, Window3DConfig, available_methods
 from .report import SparseAttentionReport
 from .versions import check_diffusers
 
@@ -23,6 +23,7 @@ __all__ = [
     "DenseConfig",
     "SparseAttentionConfig",
     "SparseAttentionReport",
+    "VMoBAConfig",
     "Window3DConfig",
     "available_methods",
     "disable_sparse_attention",

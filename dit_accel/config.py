@@ -8,6 +8,7 @@ and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -122,6 +123,92 @@ class Window3DConfig(SparseAttentionConfig):
         object.__setattr__(self, "tile", tile)
 
 
+VMOBA_SCOPES = ("query_head", "head_global", "block", "overall")
+
+
+@dataclass(frozen=True)
+class VMoBAConfig(SparseAttentionConfig):
+    """VMoBA: every query attends its own key chunk plus the chunks whose mean key it scores highest.
+
+    Chunks follow the video's geometry and cycle over layers: 1D (groups of whole latent frames),
+    2D (spatial tiles spanning all frames), 3D (spatio-temporal cubes). Defaults are the reference
+    operating point (Wan 2.1 1.3B, 77 frames, 480x832: token grid 20x30x52).
+
+    Attributes:
+        temporal_chunk_size: latent frames per 1D chunk (2).
+        spatial_chunk_size: (height, width) in tokens of a 2D chunk ((3, 4)).
+        st_chunk_size: (frames, height, width) in tokens of a 3D chunk ((4, 6, 4)).
+        scale_chunks: True (default) keeps the number of chunks per axis of the reference grid
+            20x30x52 on other grids: size = max(1, round(reference size * axis / reference axis)).
+            False uses the sizes as given. Grids that are not chunk multiples get shorter last chunks.
+        select_mode: "threshold" (default) or "topk".
+        threshold: tau of the cumulative rule (0.25): besides its own chunk, a query keeps the
+            best other chunks until their share of the min-max normalised scores reaches tau minus
+            its own chunk's share; at least one other chunk is always kept.
+        threshold_type: the scope of the normalisation and the sort: "query_head" (default, as the
+            reference code), "head_global" (the paper's global selection), "block", "overall".
+        temporal_topk, spatial_topk, st_topk: chunks per query in "topk" mode (3, 20, 15).
+        layer_cycle: how many consecutive layers use 1D, 2D, 3D chunks ((1, 1, 1)).
+        first_full_layer: shifts the layer cycle (0).
+        mode: "parity" selects per query exactly as the reference (the PyTorch path applies each
+            row's selection); "fast" selects per query tile from the tile's mean query, so the
+            layout is per block and the Triton kernel runs it at full speed.
+        query_slice: queries per slice when selecting in "query_head" scope (bounds memory).
+    """
+
+    method: ClassVar[str] = "vmoba"
+
+    temporal_chunk_size: int = 2
+    spatial_chunk_size: tuple[int, int] = (3, 4)
+    st_chunk_size: tuple[int, int, int] = (4, 6, 4)
+    scale_chunks: bool = True
+    select_mode: str = "threshold"
+    threshold: float = 0.25
+    threshold_type: str = "query_head"
+    temporal_topk: int = 3
+    spatial_topk: int = 20
+    st_topk: int = 15
+    layer_cycle: tuple[int, int, int] = (1, 1, 1)
+    first_full_layer: int = 0
+    mode: str = "parity"
+    query_slice: int = 4096
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(
+            self, "temporal_chunk_size", _as_int_tuple(self.temporal_chunk_size, "temporal_chunk_size", 1)[0]
+        )
+        object.__setattr__(
+            self, "spatial_chunk_size", _as_int_tuple(self.spatial_chunk_size, "spatial_chunk_size", 2)
+        )
+        object.__setattr__(self, "st_chunk_size", _as_int_tuple(self.st_chunk_size, "st_chunk_size", 3))
+        object.__setattr__(self, "layer_cycle", _as_int_tuple(self.layer_cycle, "layer_cycle", 3))
+        sizes = (self.temporal_chunk_size, *self.spatial_chunk_size, *self.st_chunk_size)
+        if any(x < 1 for x in sizes):
+            raise ValueError(f"VMoBA chunk sizes must be >= 1, got {sizes}")
+        if any(x < 0 for x in self.layer_cycle) or sum(self.layer_cycle) == 0:
+            raise ValueError(f"layer_cycle must be non-negative with a positive sum, got {self.layer_cycle}")
+        if self.select_mode not in ("threshold", "topk"):
+            raise ValueError(f"select_mode must be 'threshold' or 'topk', got {self.select_mode!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold!r}")
+        if self.threshold_type not in VMOBA_SCOPES:
+            raise ValueError(f"threshold_type must be one of {VMOBA_SCOPES}, got {self.threshold_type!r}")
+        if min(self.temporal_topk, self.spatial_topk, self.st_topk) < 1:
+            raise ValueError("topk values must be >= 1")
+        if self.mode not in ("parity", "fast"):
+            raise ValueError(f"mode must be 'parity' or 'fast', got {self.mode!r}")
+        if self.query_slice < 1:
+            raise ValueError(f"query_slice must be >= 1, got {self.query_slice}")
+        if self.select_mode == "threshold" and (self.temporal_topk, self.spatial_topk, self.st_topk) != (
+            3,
+            20,
+            15,
+        ):
+            # The reference silently ignores them (spec quirk 2); say so instead.
+            warnings.warn("VMoBAConfig: *_topk values are ignored in select_mode='threshold'", stacklevel=3)
+
+
 _DEFAULT_TILES = {
     16: (1, 4, 4),
     32: (2, 4, 4),
@@ -151,7 +238,7 @@ def register_config(config_cls: type[SparseAttentionConfig]) -> type[SparseAtten
     return config_cls
 
 
-for _cls in (DenseConfig, Window3DConfig):
+for _cls in (DenseConfig, Window3DConfig, VMoBAConfig):
     register_config(_cls)
 
 
@@ -177,6 +264,7 @@ def resolve_config(method: str | SparseAttentionConfig, **overrides: Any) -> Spa
 
 __all__ = [
     "DenseConfig",
+    "VMoBAConfig",
     "SparseAttentionConfig",
     "Window3DConfig",
     "available_methods",

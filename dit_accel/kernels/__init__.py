@@ -17,6 +17,7 @@ from .dense import dense_attention
 from .element_mask import ElementMask
 from .layout import BlockLayout, num_blocks
 from .reference import AttentionResult, block_sparse_attention_torch
+from .row_chunk_mask import RowChunkMask
 
 Backend = Literal["auto", "triton", "torch"]
 
@@ -24,6 +25,7 @@ __all__ = [
     "AttentionResult",
     "BlockLayout",
     "ElementMask",
+    "RowChunkMask",
     "attention_with_stats",
     "block_sparse_attention",
     "dense_attention",
@@ -58,10 +60,16 @@ def triton_available() -> bool:
     return _triton_module() is not None
 
 
-def _use_triton(q: torch.Tensor, layout: BlockLayout, scale: float | None, backend: str) -> bool:
+def _use_triton(
+    q: torch.Tensor, layout: BlockLayout, scale: float | None, backend: str, row_chunk_mask: object = None
+) -> bool:
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "torch":
+        return False
+    if row_chunk_mask is not None:
+        if backend == "triton":
+            raise ValueError("row_chunk_mask is not supported by the Triton kernel yet; use backend='torch'")
         return False
     if backend == "auto" and not q.is_cuda:
         return False
@@ -97,6 +105,7 @@ def block_sparse_attention(
     key_padding_mask: torch.Tensor | None = None,
     element_mask: ElementMask | None = None,
     kv_partial: torch.Tensor | None = None,
+    row_chunk_mask: RowChunkMask | None = None,
     return_lse: bool = False,
     backend: Backend = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +123,8 @@ def block_sparse_attention(
         kv_partial: bool, shaped like ``layout.kv_indices`` (B/H may be 1): the entries the
             ``element_mask`` applies to (the others are attended whole). None = every entry;
             ``element_mask.kv_partial(layout)`` gives the same result with full tiles left fast.
+        row_chunk_mask: optional per-(batch, head, query) selection of key chunks, applied inside
+            every listed block (``RowChunkMask``; PyTorch path only for now).
         return_lse: also return the natural-log sum-exp per row, fp32, (batch, heads, seq_q).
         backend: "auto", "triton" or "torch". "triton" on CPU tensors runs only under Triton's
             interpreter (TRITON_INTERPRET=1), and raises a clear error otherwise.
@@ -122,29 +133,19 @@ def block_sparse_attention(
         The output (batch, seq_q, heads, head_dim) in ``q``'s dtype, and the LSE if asked.
         A row whose list is empty (or whose keys are all padding) gives zeros and LSE = -inf.
     """
-    if _use_triton(q, layout, scale, backend):
-        result = _triton_module().triton_block_sparse_attention(
-            q,
-            k,
-            v,
-            layout,
-            scale=scale,
-            key_padding_mask=key_padding_mask,
-            element_mask=element_mask,
-            kv_partial=kv_partial,
-            stats="lse" if return_lse else "none",
-        )
-    else:
-        result = block_sparse_attention_torch(
-            q,
-            k,
-            v,
-            layout,
-            scale=scale,
-            key_padding_mask=key_padding_mask,
-            element_mask=element_mask,
-            kv_partial=kv_partial,
-        )
+    result = _dispatch(
+        q,
+        k,
+        v,
+        layout,
+        scale,
+        key_padding_mask,
+        element_mask,
+        kv_partial,
+        row_chunk_mask,
+        backend,
+        stats="lse" if return_lse else "none",
+    )
     return (result.out, result.lse) if return_lse else result.out
 
 
@@ -158,28 +159,31 @@ def attention_with_stats(
     key_padding_mask: torch.Tensor | None = None,
     element_mask: ElementMask | None = None,
     kv_partial: torch.Tensor | None = None,
+    row_chunk_mask: RowChunkMask | None = None,
     backend: Backend = "auto",
 ) -> AttentionResult:
     """Like ``block_sparse_attention`` but returns output, LSE, row max and row sum together."""
-    if _use_triton(q, layout, scale, backend):
-        return _triton_module().triton_block_sparse_attention(
-            q,
-            k,
-            v,
-            layout,
-            scale=scale,
-            key_padding_mask=key_padding_mask,
-            element_mask=element_mask,
-            kv_partial=kv_partial,
-            stats="all",
-        )
-    return block_sparse_attention_torch(
+    return _dispatch(
         q,
         k,
         v,
         layout,
-        scale=scale,
-        key_padding_mask=key_padding_mask,
-        element_mask=element_mask,
-        kv_partial=kv_partial,
+        scale,
+        key_padding_mask,
+        element_mask,
+        kv_partial,
+        row_chunk_mask,
+        backend,
+        stats="all",
     )
+
+
+def _dispatch(
+    q, k, v, layout, scale, key_padding_mask, element_mask, kv_partial, row_chunk_mask, backend, *, stats: str
+) -> AttentionResult:
+    masks = dict(key_padding_mask=key_padding_mask, element_mask=element_mask, kv_partial=kv_partial)
+    if _use_triton(q, layout, scale, backend, row_chunk_mask):
+        return _triton_module().triton_block_sparse_attention(
+            q, k, v, layout, scale=scale, stats=stats, **masks
+        )
+    return block_sparse_attention_torch(q, k, v, layout, scale=scale, row_chunk_mask=row_chunk_mask, **masks)

@@ -15,6 +15,7 @@ import torch
 
 from .element_mask import ElementMask
 from .layout import BlockLayout, num_blocks
+from .row_chunk_mask import RowChunkMask
 
 # Bytes of scores + gathered keys/values one chunk may hold: small enough to stay in the CPU's
 # caches (measured fastest at 4-8 MiB on a 2-core Xeon, 8k tokens), large enough that the Python
@@ -101,6 +102,7 @@ def block_sparse_attention_torch(
     key_padding_mask: torch.Tensor | None = None,
     element_mask: ElementMask | None = None,
     kv_partial: torch.Tensor | None = None,
+    row_chunk_mask: RowChunkMask | None = None,
 ) -> AttentionResult:
     """Exact softmax attention over the union of each query block's listed key blocks.
 
@@ -109,6 +111,8 @@ def block_sparse_attention_torch(
     element_mask: optional per-token predicate (see ``ElementMask``) applied inside the listed
         entries flagged by ``kv_partial`` (bool, shaped like ``layout.kv_indices``, B/H may be 1);
         ``kv_partial=None`` applies it to every entry.
+    row_chunk_mask: optional per-(batch, head, query) chunk selection applied inside every listed
+        block (see ``RowChunkMask``).
     The lists are trimmed to the longest row first: one host synchronisation, harmless on the
     CPU and accepted on this fallback path elsewhere.
     """
@@ -117,6 +121,8 @@ def block_sparse_attention_torch(
     seq_k = k.shape[1]
     layout.check_compatible(seq_q, seq_k, batch, heads)
     partial = _partial_flags(element_mask, kv_partial, layout, seq_q, seq_k, batch, heads)
+    if row_chunk_mask is not None:
+        row_chunk_mask.check(batch, heads, seq_q, seq_k)
     bq, bk = layout.block_size_q, layout.block_size_k
     n_qb, n_kb = num_blocks(seq_q, bq), num_blocks(seq_k, bk)
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
@@ -141,7 +147,10 @@ def block_sparse_attention_torch(
     if element_mask is not None:
         per_block += bh * width * bk * bq * 2  # boolean predicate terms
         partial = partial[..., :width].reshape(bh, n_qb, width)
-        q_pos = torch.arange(n_qb * bq, device=q.device).clamp_max(seq_q - 1).view(1, n_qb, bq, 1)
+    if row_chunk_mask is not None:
+        per_block += bh * width * bk * bq * 9  # gathered chunk ids and the predicate
+    # Query position of every padded row (padding rows reuse the last one; their output is dropped).
+    q_pos = torch.arange(n_qb * bq, device=q.device).clamp_max(seq_q - 1).view(1, n_qb, bq, 1)
     chunk = max(1, min(n_qb, _CHUNK_BYTES // max(per_block, 1)))
     rows = torch.arange(bh, device=q.device).view(bh, 1, 1)
 
@@ -155,11 +164,15 @@ def block_sparse_attention_torch(
         keys = kb[rows, ids].reshape(bh * span, width * bk, dim)
         values = vb[rows, ids].reshape(bh * span, width * bk, dim)
         ok = (key_ok[rows, ids] & entry_ok[:, start:stop, :, None]).reshape(bh, span, 1, width * bk)
+        k_pos = (ids[..., None] * bk + torch.arange(bk, device=q.device)).clamp_max(seq_k - 1)
         if element_mask is not None:
-            k_pos = (ids[..., None] * bk + torch.arange(bk, device=q.device)).clamp_max(seq_k - 1)
             pred = element_mask.allowed(q_pos[:, start:stop], k_pos.reshape(bh, span, 1, width * bk))
             skip = ~partial[:, start:stop].repeat_interleave(bk, dim=-1)  # entries attended whole
             ok = ok & (pred | skip[:, :, None, :])
+        if row_chunk_mask is not None:
+            ok = ok & row_chunk_mask.allowed(
+                rows.view(bh, 1, 1, 1), q_pos[:, start:stop], k_pos.reshape(bh, span, 1, width * bk), heads
+            )
         scores = torch.bmm(qb[:, start:stop].reshape(bh * span, bq, dim), keys.transpose(1, 2))
         # Most chunks need no mask (no padding, no partial block, full lists): skip that pass. The
         # check syncs the host, which costs nothing on the CPU this path is built for.

@@ -5,11 +5,13 @@ from __future__ import annotations
 from ..config import SparseAttentionConfig
 from .base import SparseMethod, StateStore
 from .dense import Dense
+from .vmoba import VMoBA
 from .window3d import Window3D
 
 _METHODS: dict[str, type[SparseMethod]] = {
     "dense": Dense,
     "window3d": Window3D,
+    "vmoba": VMoBA,
 }
 
 

@@ -1,0 +1,146 @@
+"""VMoBA as a method: its output against a float64 oracle built from the spec, and on tiny pipelines."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_pipelines as tp
+import torch
+
+from dit_accel import VMoBAConfig
+from dit_accel.context import AttentionContext, CallContext, LayerContext
+from dit_accel.kernels.reference import dense_attention_torch
+from dit_accel.methods.vmoba import VMoBA
+from dit_accel.methods.vmoba_partition import chunk_partition, layer_kind
+from dit_accel.methods.vmoba_select import chunk_gate, select_chunks
+
+TINY = dict(
+    block_size=16,
+    scale_chunks=False,
+    temporal_chunk_size=1,
+    spatial_chunk_size=(5, 7),
+    st_chunk_size=(1, 5, 7),
+)
+
+
+def context(grid, text_position="none", layer=0):
+    return AttentionContext(
+        CallContext(grid, text_position, 0, None, "cond", "transformer"),
+        LayerContext(f"blocks.{layer}.attn1", layer),
+    )
+
+
+def oracle(q, k, v, grid, kind, size, text_position, n_text, padding, config, tile_rows=None):
+    """Spec section 5, written independently of the method: unpadded chunk order, dense masked softmax.
+
+    ``tile_rows`` = block size: select per tile of that many chunk-order rows from the tile's mean
+    query instead of per query (fast mode), with tiles cut at chunk boundaries after padding.
+    """
+    part = chunk_partition(grid, kind, size, pad_to=1)
+    total = q.shape[1]
+    n_video = total - n_text
+    video = slice(n_text, total) if text_position == "first" else slice(0, n_video)
+    qv, kv = (x[:, video][:, part.gather] for x in (q, k))
+    chunk = part.chunk_of_slot
+    mean_k = torch.stack([kv[:, chunk == c].float().mean(1) for c in range(part.num_chunks)], dim=1)
+    topk = {"1d": config.temporal_topk, "2d": config.spatial_topk, "3d": config.st_topk}[kind]
+    options = dict(
+        mode=config.select_mode, threshold=config.threshold, topk=topk, scope=config.threshold_type
+    )
+    if tile_rows is None:
+        sel = select_chunks(chunk_gate(qv, mean_k), chunk, **options)
+    else:
+        tiles, own = [], []
+        for c in range(part.num_chunks):
+            members = torch.nonzero(chunk == c).squeeze(1)
+            for start in range(0, members.numel(), tile_rows):
+                tiles.append(members[start : start + tile_rows])
+                own.append(c)
+        pooled = torch.stack([qv[:, t].float().mean(1) for t in tiles], dim=1)
+        tile_sel = select_chunks(chunk_gate(pooled, mean_k), torch.tensor(own), **options)
+        sel = torch.zeros(q.shape[0], q.shape[2], n_video, part.num_chunks, dtype=torch.bool)
+        for i, t in enumerate(tiles):
+            sel[:, :, t] = tile_sel[:, :, i : i + 1]
+    # Allowed (query slot, key slot) pairs in chunk order, then back to the original token order.
+    allowed_video = sel[:, :, :, chunk]  # (B, H, Lq, Lk) in chunk order
+    inv = part.inverse
+    allowed_video = allowed_video[:, :, inv][:, :, :, inv]
+    batch, heads = q.shape[0], q.shape[2]
+    allowed = torch.ones(batch, heads, total, total, dtype=torch.bool)
+    idx_v = torch.arange(total)[video]
+    allowed[:, :, idx_v[:, None], idx_v[None, :]] = allowed_video
+    return dense_attention_torch(q, k, v, block_mask=allowed, key_padding_mask=padding).out
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+@pytest.mark.parametrize("text_position", ["none", "first", "last"])
+@pytest.mark.parametrize("mode", ["parity", "fast"])
+def test_vmoba_equals_the_spec_oracle(layer, text_position, mode):
+    g = torch.Generator()
+    g.seed()
+    grid, n_text = (3, 10, 14), (0 if text_position == "none" else 7)
+    config = VMoBAConfig(mode=mode, **TINY)
+    method = VMoBA(config)
+    total = grid[0] * grid[1] * grid[2] + n_text
+    q, k, v = (torch.randn(2, total, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    padding = torch.ones(2, total, dtype=torch.bool)
+    if n_text:
+        text = slice(0, n_text) if text_position == "first" else slice(total - n_text, total)
+        padding[1, text] = torch.arange(n_text) < 3
+    out, density = method(
+        q, k, v, scale=None, key_padding_mask=padding, context=context(grid, text_position, layer)
+    )
+    kind = layer_kind(layer)
+    size = {"1d": 1, "2d": (5, 7), "3d": (1, 5, 7)}[kind]
+    ref = oracle(
+        q,
+        k,
+        v,
+        grid,
+        kind,
+        size,
+        text_position,
+        n_text,
+        padding,
+        config,
+        tile_rows=config.block_size if mode == "fast" else None,
+    )
+    assert float((out - ref).norm() / ref.norm()) < 1e-10
+    assert 0 < float(density) <= 1
+
+
+def test_layers_cycle_through_1d_2d_3d_partitions():
+    method = VMoBA(VMoBAConfig(**TINY))
+    kinds = [method.partition(i, (3, 10, 14), torch.device("cpu")).kind for i in range(6)]
+    assert kinds == ["1d", "2d", "3d", "1d", "2d", "3d"]
+
+
+def test_default_chunks_scale_to_odd_grids():
+    method = VMoBA(VMoBAConfig())
+    for layer in range(3):
+        part = method.partition(layer, (21, 45, 80), torch.device("cpu"))
+        assert part.num_tokens == 21 * 45 * 80
+        assert int(part.valid.sum()) == part.num_tokens
+        assert torch.all((part.chunk_start[1:] - part.chunk_start[:-1]) % 128 == 0)
+    # At the reference grid the reference chunk counts come back (spec section 2).
+    counts = [method.partition(i, (20, 30, 52), torch.device("cpu")).num_chunks for i in range(3)]
+    assert counts == [10, 130, 325]
+
+
+def test_topk_values_with_threshold_mode_warn():
+    with pytest.warns(UserWarning, match="ignored"):
+        VMoBAConfig(st_topk=4)
+
+
+@pytest.mark.parametrize("name", ["wan21", "hunyuan_video", "cogvideox"])
+@pytest.mark.parametrize("mode", ["parity", "fast"])
+def test_tiny_pipelines_run_sparse_and_restore(name, mode):
+    pipe, kwargs = tp.BUILDERS[name]()
+    stock = tp.run(pipe, kwargs)
+    pipe.enable_sparse_attention("vmoba", mode=mode, **TINY)
+    out = tp.run(pipe, kwargs)
+    report = pipe.sparse_attention_report()
+    pipe.disable_sparse_attention()
+    assert torch.isfinite(out).all()
+    assert report.mean_density < 1
+    assert float((out - stock).norm() / stock.norm()) > 1e-5
+    assert torch.equal(tp.run(pipe, kwargs), stock)
