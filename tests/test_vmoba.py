@@ -29,11 +29,11 @@ def context(grid, text_position="none", layer=0):
     )
 
 
-def oracle(q, k, v, grid, kind, size, text_position, n_text, padding, config, tile_rows=None):
+def oracle(q, k, v, grid, kind, size, text_position, n_text, padding, config, tile_slots=None):
     """Spec section 5, written independently of the method: unpadded chunk order, dense masked softmax.
 
-    ``tile_rows`` = block size: select per tile of that many chunk-order rows from the tile's mean
-    query instead of per query (fast mode), with tiles cut at chunk boundaries after padding.
+    ``tile_slots``: the padded slot of every token in chunk order (fast mode): select per query
+    block of the padded order from the block's mean query instead of per query.
     """
     part = chunk_partition(grid, kind, size, pad_to=1)
     total = q.shape[1]
@@ -46,20 +46,21 @@ def oracle(q, k, v, grid, kind, size, text_position, n_text, padding, config, ti
     options = dict(
         mode=config.select_mode, threshold=config.threshold, topk=topk, scope=config.threshold_type
     )
-    if tile_rows is None:
+    if tile_slots is None:
         sel = select_chunks(chunk_gate(qv, mean_k), chunk, **options)
     else:
-        tiles, own = [], []
-        for c in range(part.num_chunks):
-            members = torch.nonzero(chunk == c).squeeze(1)
-            for start in range(0, members.numel(), tile_rows):
-                tiles.append(members[start : start + tile_rows])
-                own.append(c)
+        # Fast mode: tiles are runs of block_size slots of the method's padded chunk order; real
+        # tokens keep their relative order there, so tile i holds the tokens whose slot // block is i.
+        tile = tile_slots // config.block_size
+        tiles = [torch.nonzero(tile == i).squeeze(1) for i in range(int(tile.max()) + 1)]
+        tiles = [t for t in tiles if t.numel()]
         pooled = torch.stack([qv[:, t].float().mean(1) for t in tiles], dim=1)
-        tile_sel = select_chunks(chunk_gate(pooled, mean_k), torch.tensor(own), **options)
+        held = [torch.bincount(chunk[t], minlength=part.num_chunks) for t in tiles]
+        own = torch.stack([h.argmax() for h in held])
+        tile_sel = select_chunks(chunk_gate(pooled, mean_k), own, **options)
         sel = torch.zeros(q.shape[0], q.shape[2], n_video, part.num_chunks, dtype=torch.bool)
         for i, t in enumerate(tiles):
-            sel[:, :, t] = tile_sel[:, :, i : i + 1]
+            sel[:, :, t] = tile_sel[:, :, i : i + 1] | (held[i] > 0)
     # Allowed (query slot, key slot) pairs in chunk order, then back to the original token order.
     allowed_video = sel[:, :, :, chunk]  # (B, H, Lq, Lk) in chunk order
     inv = part.inverse
@@ -91,19 +92,9 @@ def test_vmoba_equals_the_spec_oracle(layer, text_position, mode):
     )
     kind = layer_kind(layer)
     size = {"1d": 1, "2d": (5, 7), "3d": (1, 5, 7)}[kind]
-    ref = oracle(
-        q,
-        k,
-        v,
-        grid,
-        kind,
-        size,
-        text_position,
-        n_text,
-        padding,
-        config,
-        tile_rows=config.block_size if mode == "fast" else None,
-    )
+    slots = method.partition(layer, grid, torch.device("cpu")).real_slots
+    fast_tiles = slots if mode == "fast" else None
+    ref = oracle(q, k, v, grid, kind, size, text_position, n_text, padding, config, tile_slots=fast_tiles)
     assert float((out - ref).norm() / ref.norm()) < 1e-10
     assert 0 < float(density) <= 1
 
@@ -120,10 +111,14 @@ def test_default_chunks_scale_to_odd_grids():
         part = method.partition(layer, (21, 45, 80), torch.device("cpu"))
         assert part.num_tokens == 21 * 45 * 80
         assert int(part.valid.sum()) == part.num_tokens
-        assert torch.all((part.chunk_start[1:] - part.chunk_start[:-1]) % 128 == 0)
+        assert part.pad_to in (16, 32, 64, 128)
+        assert torch.all((part.chunk_start[1:] - part.chunk_start[:-1]) % part.pad_to == 0)
+        assert part.pad_to == 16 or part.num_slots <= 1.125 * part.num_tokens
     # At the reference grid the reference chunk counts come back (spec section 2).
-    counts = [method.partition(i, (20, 30, 52), torch.device("cpu")).num_chunks for i in range(3)]
-    assert counts == [10, 130, 325]
+    parts = [method.partition(i, (20, 30, 52), torch.device("cpu")) for i in range(3)]
+    assert [p.num_chunks for p in parts] == [10, 130, 325]
+    # Key blocks: 3,120- and 240-token chunks pad to 128 cheaply; 96-token cubes take 32 (no padding).
+    assert [p.pad_to for p in parts] == [128, 128, 32]
 
 
 def test_topk_values_with_threshold_mode_warn():
