@@ -139,3 +139,34 @@ def test_tiny_pipelines_run_sparse_and_restore(name, mode):
     assert report.mean_density < 1
     assert float((out - stock).norm() / stock.norm()) > 1e-5
     assert torch.equal(tp.run(pipe, kwargs), stock)
+
+
+def test_gpu_benchmark_script_runs_at_toy_size(tmp_path):
+    """benchmarks/bench_vmoba.py is what runs on a lent GPU; the toy run keeps it from rotting."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_vmoba.py",
+            "--toy",
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--parity-budget",
+            "30",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "bench_vmoba.md").read_text()
+    assert "| fast |" in table and "Break-even" in table and "Parity mode" in table
