@@ -113,8 +113,8 @@ def block_sparse_attention_torch(
         ``kv_partial=None`` applies it to every entry.
     row_chunk_mask: optional per-(batch, head, query) chunk selection applied inside every listed
         block (see ``RowChunkMask``).
-    The lists are trimmed to the longest row first: one host synchronisation, harmless on the
-    CPU and accepted on this fallback path elsewhere.
+    Each chunk of query blocks trims the lists to its own longest row: one host synchronisation
+    per chunk, harmless on the CPU and accepted on this fallback path elsewhere.
     """
     check_attention_inputs(q, k, v, key_padding_mask)
     batch, seq_q, heads, dim = q.shape
@@ -140,6 +140,7 @@ def block_sparse_attention_torch(
     idx = layout.kv_indices[..., :width].reshape(batch * heads, n_qb, width).long()
     entry_ok = torch.arange(width, device=q.device) < layout.kv_counts.reshape(batch * heads, n_qb, 1)
     idx = torch.where(entry_ok, idx, 0)
+    counts = layout.kv_counts.reshape(batch * heads, n_qb)
 
     bh = batch * heads
     elem = torch.finfo(compute).bits // 8
@@ -160,24 +161,26 @@ def block_sparse_attention_torch(
     for start in range(0, n_qb, chunk):
         stop = min(start + chunk, n_qb)
         span = stop - start
-        ids = idx[:, start:stop]
-        keys = kb[rows, ids].reshape(bh * span, width * bk, dim)
-        values = vb[rows, ids].reshape(bh * span, width * bk, dim)
-        ok = (key_ok[rows, ids] & entry_ok[:, start:stop, :, None]).reshape(bh, span, 1, width * bk)
+        # Trim to this chunk's longest list: rows with short lists elsewhere do not pay for the longest.
+        w = max(int(counts[:, start:stop].max()), 1)
+        ids = idx[:, start:stop, :w]
+        keys = kb[rows, ids].reshape(bh * span, w * bk, dim)
+        values = vb[rows, ids].reshape(bh * span, w * bk, dim)
+        ok = (key_ok[rows, ids] & entry_ok[:, start:stop, :w, None]).reshape(bh, span, 1, w * bk)
         k_pos = (ids[..., None] * bk + torch.arange(bk, device=q.device)).clamp_max(seq_k - 1)
         if element_mask is not None:
-            pred = element_mask.allowed(q_pos[:, start:stop], k_pos.reshape(bh, span, 1, width * bk))
-            skip = ~partial[:, start:stop].repeat_interleave(bk, dim=-1)  # entries attended whole
+            pred = element_mask.allowed(q_pos[:, start:stop], k_pos.reshape(bh, span, 1, w * bk))
+            skip = ~partial[:, start:stop, :w].repeat_interleave(bk, dim=-1)  # entries attended whole
             ok = ok & (pred | skip[:, :, None, :])
         if row_chunk_mask is not None:
             ok = ok & row_chunk_mask.allowed(
-                rows.view(bh, 1, 1, 1), q_pos[:, start:stop], k_pos.reshape(bh, span, 1, width * bk), heads
+                rows.view(bh, 1, 1, 1), q_pos[:, start:stop], k_pos.reshape(bh, span, 1, w * bk), heads
             )
         scores = torch.bmm(qb[:, start:stop].reshape(bh * span, bq, dim), keys.transpose(1, 2))
         # Most chunks need no mask (no padding, no partial block, full lists): skip that pass. The
         # check syncs the host, which costs nothing on the CPU this path is built for.
         if not bool(ok.all()):
-            scores.view(bh, span, bq, width * bk).masked_fill_(~ok, float("-inf"))
+            scores.view(bh, span, bq, w * bk).masked_fill_(~ok, float("-inf"))
         m = scores.amax(-1, keepdim=True)
         # A row with no kept key has max -inf; shifting by 0 instead keeps exp() at 0, not NaN.
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
