@@ -10,17 +10,16 @@ on the same inputs. Medians of several repeats; the machine is named in the outp
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import subprocess
-import time
+import sys
 from datetime import date
 from pathlib import Path
 
 import torch
 
 from dit_accel.kernels import BlockLayout, block_sparse_attention, dense_attention, num_blocks
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import commit, machine, median_ms  # noqa: E402
 
 
 def random_layout(n_q: int, n_k: int, density: float, block: int, heads: int, generator) -> BlockLayout:
@@ -29,35 +28,6 @@ def random_layout(n_q: int, n_k: int, density: float, block: int, heads: int, ge
     chosen = scores.topk(keep, dim=-1).indices
     mask = torch.zeros(1, heads, n_q, n_k, dtype=torch.bool).scatter_(-1, chosen, True)
     return BlockLayout.from_block_mask(mask, block, block)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -75,13 +45,18 @@ def main(argv: list[str] | None = None) -> str:
     rows = []
     for seq in args.seq:
         q, k, v = (torch.randn(1, seq, args.heads, args.head_dim, generator=generator) for _ in range(3))
-        dense_s = median_seconds(lambda q=q, k=k, v=v: dense_attention(q, k, v), args.repeats)
+        dense_s = median_ms(lambda q=q, k=k, v=v: dense_attention(q, k, v), args.repeats) / 1e3
         n = num_blocks(seq, args.block)
         for density in args.density:
             layout = random_layout(n, n, density, args.block, args.heads, generator)
-            sparse_s = median_seconds(
-                lambda q=q, k=k, v=v, layout=layout: block_sparse_attention(q, k, v, layout, backend="torch"),
-                args.repeats,
+            sparse_s = (
+                median_ms(
+                    lambda q=q, k=k, v=v, layout=layout: block_sparse_attention(
+                        q, k, v, layout, backend="torch"
+                    ),
+                    args.repeats,
+                )
+                / 1e3
             )
             rows.append((seq, density, float(layout.density()), dense_s, sparse_s))
             print(

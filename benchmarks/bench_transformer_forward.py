@@ -12,13 +12,16 @@ wall clock on the CPU); the relative L2 of each method's output against dense is
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
 
 import dit_accel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_ms  # noqa: E402
 
 WAN_13B = dict(
     patch_size=(1, 2, 2),
@@ -36,32 +39,6 @@ WAN_13B = dict(
 TOY = dict(
     WAN_13B, num_attention_heads=2, attention_head_dim=32, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2
 )
-
-
-def median_ms(fn, device: str, repeats: int) -> float:
-    if device == "cuda":
-        return statistics.median(_cuda_times(fn, repeats))
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def _cuda_times(fn, repeats: int) -> list[float]:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -109,7 +86,7 @@ def main(argv: list[str] | None = None) -> str:
         out = forward().float()
         if options is not None:
             density = dit_accel.sparse_attention_report(model).mean_density
-        ms = median_ms(forward, args.device, args.repeats)
+        ms = median_ms(forward, args.repeats, args.device)
         dit_accel.disable_sparse_attention(model)
         err = float((out - reference).norm() / reference.norm())
         rows.append((name, ms, density, err))

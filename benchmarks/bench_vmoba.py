@@ -31,31 +31,8 @@ from dit_accel.methods import vmoba as vmoba_module  # noqa: E402
 from dit_accel.methods.vmoba import VMoBA  # noqa: E402
 from dit_accel.methods.vmoba_partition import layer_kind  # noqa: E402
 
-
-def timer(device: str):
-    def cuda_ms(fn, repeats):
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
-
-    def cpu_ms(fn, repeats):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-
-    return cuda_ms if device == "cuda" else cpu_ms
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import median_ms  # noqa: E402
 
 
 def inputs(grid, heads, dim, dtype, device):
@@ -131,7 +108,10 @@ def main(argv=None) -> int:
         if args.toy
         else [(5, 30, 52), (10, 30, 52), (20, 30, 52), (21, 45, 80), (21, 60, 104)]
     )
-    measure = timer(device)
+
+    def measure(fn, repeats):
+        return median_ms(fn, repeats, device)
+
     rows, lines = (
         [],
         [

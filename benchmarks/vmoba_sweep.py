@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fidelity  # noqa: E402
 import tiny_pipelines as tp  # noqa: E402
-from bench_reference_cpu import commit, machine  # noqa: E402
+from timing import commit, machine, median_ms  # noqa: E402
 
 import dit_accel  # noqa: E402
 from dit_accel import VMoBAConfig  # noqa: E402
@@ -75,9 +75,10 @@ def fidelity_rows(names: list[str]) -> list[str]:
                     options = dict(TINY, mode=mode, threshold=threshold, dense_steps=dense_steps)
                     r = fidelity.compare(pipe, call, "vmoba", **options)
                     kinds = density_by_kind(pipe, call, options)
+                    by_kind = " / ".join(f"{kinds[k]:.2f}" for k in ("1d", "2d", "3d"))
                     lines.append(
                         f"| {name} | {mode} | {threshold} | {dense_steps} | {r['psnr_db']:.1f} | "
-                        f"{r['relative_l2']:.4f} | {' / '.join(f'{kinds[k]:.2f}' for k in ('1d', '2d', '3d'))} | "
+                        f"{r['relative_l2']:.4f} | {by_kind} | "
                         f"{r['sparse_seconds'] / r['dense_seconds']:.2f} |"
                     )
                     print(lines[-1], flush=True)
@@ -91,16 +92,7 @@ def timing_rows(grid: tuple[int, int, int], heads: int, dim: int, repeats: int) 
     # Give keys some structure so selection is not uniform: smooth along the token order.
     k = k + torch.cumsum(torch.randn(1, tokens, heads, dim, generator=g), dim=1) / tokens**0.5
 
-    def median(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    dense_s = median(lambda: dense_attention(q, k, v))
+    dense_s = median_ms(lambda: dense_attention(q, k, v), repeats) / 1e3
     lines = [
         f"| layer type | mode | ms / call | vs dense SDPA ({dense_s * 1e3:.0f} ms) | block density | "
         "selection share |",
@@ -116,7 +108,7 @@ def timing_rows(grid: tuple[int, int, int], heads: int, dim: int, repeats: int) 
             )
             spent = []
 
-            def timed_select(*args, **kwargs):
+            def timed_select(*args, spent=spent, **kwargs):
                 start = time.perf_counter()
                 result = original_select(*args, **kwargs)
                 spent.append(time.perf_counter() - start)
@@ -126,10 +118,14 @@ def timing_rows(grid: tuple[int, int, int], heads: int, dim: int, repeats: int) 
             try:
                 out, density = method(q, k, v, scale=None, key_padding_mask=None, context=ctx)
                 spent.clear()
-                total = median(
-                    lambda method=method, ctx=ctx: method(
-                        q, k, v, scale=None, key_padding_mask=None, context=ctx
+                total = (
+                    median_ms(
+                        lambda method=method, ctx=ctx: method(
+                            q, k, v, scale=None, key_padding_mask=None, context=ctx
+                        ),
+                        repeats,
                     )
+                    / 1e3
                 )
                 select_s = sum(spent) / (repeats + 1)
             finally:
