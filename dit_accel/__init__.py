@@ -8,7 +8,14 @@
 from __future__ import annotations
 
 from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
-from .config import DenseConfig, SparseAttentionConfig, VMoBAConfig, Window3DConfig, available_methods
+from .config import (
+    DenseConfig,
+    RettentionConfig,
+    SparseAttentionConfig,
+    VMoBAConfig,
+    Window3DConfig,
+    available_methods,
+)
 from .report import SparseAttentionReport
 from .versions import check_diffusers
 
@@ -21,6 +28,7 @@ if check_diffusers():
 
 __all__ = [
     "DenseConfig",
+    "RettentionConfig",
     "SparseAttentionConfig",
     "SparseAttentionReport",
     "VMoBAConfig",

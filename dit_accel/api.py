@@ -62,6 +62,9 @@ def enable_sparse_attention(
     targets = _transformers(pipe_or_transformer)
     disable_sparse_attention(pipe_or_transformer)
     session = SparseSession(config)
+    scheduler = getattr(pipe_or_transformer, "scheduler", None)
+    if scheduler is not None:
+        session.steps_hint = lambda: _scheduled_steps(scheduler)
     installed: list[torch.nn.Module] = []
     try:
         for name, module in targets:
@@ -76,6 +79,12 @@ def enable_sparse_attention(
             _uninstall(module)
         raise
     return session.report()
+
+
+def _scheduled_steps(scheduler: Any) -> int | None:
+    """Denoising steps of the generation in progress, from the scheduler's timestep list."""
+    timesteps = getattr(scheduler, "timesteps", None)
+    return len(timesteps) if timesteps is not None and len(timesteps) else None
 
 
 def _uninstall(module: torch.nn.Module) -> None:

@@ -213,6 +213,69 @@ class VMoBAConfig(SparseAttentionConfig):
             warnings.warn("VMoBAConfig: *_topk values are ignored in select_mode='threshold'", stacklevel=3)
 
 
+@dataclass(frozen=True)
+class RettentionConfig(SparseAttentionConfig):
+    """Re-ttention: a very sparse static mask, reshaped with statistics of the last full step.
+
+    At refresh steps attention runs dense and records, per query row, the share rho of the softmax
+    mass inside the static mask and the residual delta = (full output - rho x masked output). At
+    sparse steps only the mask is computed and the output is rho x masked output + delta, with rho
+    raised by ``drift`` after every sparse step. Schedules are in denoising steps.
+
+    Attributes:
+        sparsity: the static window as a fraction of the tokens (0.03125): PixArt a 1-D band of
+            int(N x sparsity) positions, CogVideoX a per-frame window of int(H x W x sparsity)
+            in-frame positions in every frame, Wan/HunyuanVideo (dit-accel extension) a 3D window
+            whose per-axis extent is sparsity ** (1/3) of the grid.
+        use_ratio: scale the masked output by rho (True); False is the plain masked softmax.
+        use_residual: add the cached residual delta (True).
+        drift: added to rho after each sparse step (0.04).
+        fix_text_rows: the reference drifts text rows too (their outputs are scaled by 1.04,
+            1.08, ... between refreshes); True leaves text rows unscaled. Default False (parity).
+        warmup_fraction: dense steps at the start, as a fraction of the denoising steps; None uses
+            the family default (PixArt 5/20, CogVideoX 15/50 as in the reference; Wan and
+            HunyuanVideo 0.3, not published by the reference).
+        refresh_every: steps between refreshes after the warm-up (5): the first step after the
+            warm-up is a refresh, then every ``refresh_every``-th.
+        state_dtype: dtype of the cached residual: None (the activations' dtype), "float32",
+            "bfloat16" or "float16". rho is always float32.
+        state_device: "same" keeps the state next to the activations; "cpu" holds it in host
+            memory (for CogVideoX-2B the reference's state is about 4.1 GB).
+    """
+
+    method: ClassVar[str] = "rettention"
+
+    sparsity: float = 0.03125
+    use_ratio: bool = True
+    use_residual: bool = True
+    drift: float = 0.04
+    fix_text_rows: bool = False
+    warmup_fraction: float | None = None
+    refresh_every: int = 5
+    state_dtype: str | None = None
+    state_device: str = "same"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.sparsity <= 1.0:
+            raise ValueError(f"sparsity must lie in (0, 1], got {self.sparsity!r}")
+        if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction must lie in [0, 1], got {self.warmup_fraction!r}")
+        if not isinstance(self.refresh_every, int) or self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be a positive integer, got {self.refresh_every!r}")
+        if self.state_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"state_dtype must be None, 'float32', 'bfloat16' or 'float16', got {self.state_dtype!r}"
+            )
+        if self.state_device not in ("same", "cpu"):
+            raise ValueError(f"state_device must be 'same' or 'cpu', got {self.state_device!r}")
+
+
+#: Dense warm-up per family, as a fraction of the denoising steps (reference: PixArt 5 of 20,
+#: CogVideoX 15 of 50; Wan and HunyuanVideo are not in the reference).
+RETTENTION_WARMUP = {"PixArt": 5 / 20, "CogVideoX": 15 / 50, "Wan": 0.3, "HunyuanVideo": 0.3}
+
+
 _DEFAULT_TILES = {
     16: (1, 4, 4),
     32: (2, 4, 4),
@@ -242,7 +305,7 @@ def register_config(config_cls: type[SparseAttentionConfig]) -> type[SparseAtten
     return config_cls
 
 
-for _cls in (DenseConfig, Window3DConfig, VMoBAConfig):
+for _cls in (DenseConfig, Window3DConfig, VMoBAConfig, RettentionConfig):
     register_config(_cls)
 
 
@@ -268,6 +331,7 @@ def resolve_config(method: str | SparseAttentionConfig, **overrides: Any) -> Spa
 
 __all__ = [
     "DenseConfig",
+    "RettentionConfig",
     "VMoBAConfig",
     "SparseAttentionConfig",
     "Window3DConfig",

@@ -24,6 +24,8 @@ class CallContext:
         num_inference_steps: total steps when the pipeline says so, else None.
         cfg_branch: "cond", "uncond", "cond_uncond" (both in one batch) or "unknown".
         transformer_name: which transformer of the pipeline runs ("transformer", "transformer_2").
+        family: the adapter's model family ("Wan", "HunyuanVideo", "CogVideoX", "PixArt"), for
+            per-family config defaults (never for branching inside an algorithm).
     """
 
     grid: tuple[int, int, int]
@@ -32,6 +34,7 @@ class CallContext:
     num_inference_steps: int | None
     cfg_branch: str
     transformer_name: str
+    family: str = ""
 
     @property
     def num_video_tokens(self) -> int:

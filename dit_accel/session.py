@@ -57,6 +57,9 @@ class SparseSession:
         self.records: list[dict] = []
         self.fallbacks: dict[str, str] = {}
         self.transformer_names: list[str] = []
+        #: Total denoising steps when the pipeline does not say so through cache_context
+        #: (set by the API from the pipeline's scheduler; None for bare transformers).
+        self.steps_hint: Callable[[], int | None] = lambda: None
 
     def start_generation(self) -> None:
         """Drop every trace of the previous generation: method state and records."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import SparseAttentionConfig
 from .base import SparseMethod, StateStore
 from .dense import Dense
+from .rettention import Rettention
 from .vmoba import VMoBA
 from .window3d import Window3D
 
@@ -12,6 +13,7 @@ _METHODS: dict[str, type[SparseMethod]] = {
     "dense": Dense,
     "window3d": Window3D,
     "vmoba": VMoBA,
+    "rettention": Rettention,
 }
 
 

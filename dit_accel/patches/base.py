@@ -165,9 +165,10 @@ class Installation:
                 grid=adapter.token_grid(mod, hidden_states),
                 text_position=adapter.text_position,
                 step_index=step,
-                num_inference_steps=branch_info.get("num_inference_steps"),
+                num_inference_steps=branch_info.get("num_inference_steps") or session.steps_hint(),
                 cfg_branch=branch_name,
                 transformer_name=self.name,
+                family=adapter.family,
             )
             self._tokens.append((CURRENT_CALL.set(call), ACTIVE_SESSION.set(session)))
 
