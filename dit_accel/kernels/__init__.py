@@ -17,6 +17,7 @@ from .dense import dense_attention
 from .element_mask import ElementMask
 from .layout import BlockLayout, num_blocks
 from .reference import AttentionResult, block_sparse_attention_torch
+from .refresh import RefreshResult, ratio_from_lse, refresh_attention_torch
 from .row_chunk_mask import RowChunkMask
 
 Backend = Literal["auto", "triton", "torch"]
@@ -25,11 +26,13 @@ __all__ = [
     "AttentionResult",
     "BlockLayout",
     "ElementMask",
+    "RefreshResult",
     "RowChunkMask",
     "attention_with_stats",
     "block_sparse_attention",
     "dense_attention",
     "num_blocks",
+    "refresh_attention",
     "triton_available",
 ]
 
@@ -187,3 +190,47 @@ def _dispatch(
             q, k, v, layout, scale=scale, stats=stats, **masks
         )
     return block_sparse_attention_torch(q, k, v, layout, scale=scale, row_chunk_mask=row_chunk_mask, **masks)
+
+
+def refresh_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    *,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    element_mask: ElementMask | None = None,
+    kv_partial: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> RefreshResult:
+    """Dense output, the layout's share rho of each row's softmax mass, and rho x O_S (Re-ttention).
+
+    The PyTorch path does it in one pass with two accumulators (``kernels.refresh``). Where the
+    Triton kernel serves the call it takes two kernel passes instead, a full layout and the sparse
+    layout, both returning LSEs (rho = exp(LSE_S - LSE_full)): about the cost of one dense plus one
+    sparse attention, until a fused two-accumulator kernel exists.
+    """
+    masks = dict(key_padding_mask=key_padding_mask)
+    if not _use_triton(q, layout, scale, backend):
+        return refresh_attention_torch(
+            q, k, v, layout, scale=scale, element_mask=element_mask, kv_partial=kv_partial, **masks
+        )
+    full_layout = BlockLayout.full(
+        layout.num_q_blocks, layout.num_k_blocks, layout.block_size_q, layout.block_size_k, device=q.device
+    )
+    full = attention_with_stats(q, k, v, full_layout, scale=scale, backend=backend, **masks)
+    sparse = attention_with_stats(
+        q,
+        k,
+        v,
+        layout,
+        scale=scale,
+        element_mask=element_mask,
+        kv_partial=kv_partial,
+        backend=backend,
+        **masks,
+    )
+    rho = ratio_from_lse(sparse.lse, full.lse)
+    kept = (sparse.out.float() * rho.transpose(1, 2).unsqueeze(-1)).to(q.dtype)
+    return RefreshResult(full.out, rho, kept)

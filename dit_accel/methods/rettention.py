@@ -21,8 +21,7 @@ import torch
 
 from ..config import RETTENTION_WARMUP, RettentionConfig
 from ..context import AttentionContext, CallContext
-from ..kernels import block_sparse_attention, dense_attention
-from ..kernels.refresh import refresh_attention_torch
+from ..kernels import block_sparse_attention, dense_attention, refresh_attention
 from .base import SparseMethod
 from .joint import split_joint
 from .rettention_layouts import StaticSparseLayout, band_layout, frame_window_layout, window3d_layout
@@ -102,7 +101,9 @@ class Rettention(SparseMethod):
             "delta" not in state or state["delta"].shape[0] != batch or state["delta"].shape[1] != qv.shape[1]
         )
         if kind == "refresh" or stale:
-            refreshed = refresh_attention_torch(qv, keys, values, static.layout, **masks)
+            refreshed = refresh_attention(
+                qv, keys, values, static.layout, backend=cfg.kernel_backend, **masks
+            )
             # Without the ratio the cached residual is against the plain masked softmax O_S = kept / rho.
             kept = refreshed.kept_out if cfg.use_ratio else _masked_softmax_output(refreshed)
             store_dtype = _DTYPES.get(cfg.state_dtype, q.dtype) if cfg.state_dtype else q.dtype
