@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import tiny_pipelines as tp
 import torch
+from benchmark_scripts import run_script
 
 from dit_accel import RettentionConfig
 from dit_accel.context import AttentionContext, CallContext, LayerContext
@@ -156,28 +157,8 @@ def test_switches_change_the_output():
 
 def test_gpu_benchmark_script_runs_at_toy_size(tmp_path):
     """benchmarks/bench_rettention.py is what runs on a lent GPU; the toy run keeps it from rotting."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/bench_rettention.py",
-            "--toy",
-            "--device",
-            "cpu",
-            "--repeats",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_script(
+        "benchmarks/bench_rettention.py", "--toy", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path)
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "bench_rettention.md").read_text()
     assert "toy-video" in table and "toy-image" in table

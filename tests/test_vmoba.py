@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import tiny_pipelines as tp
 import torch
+from benchmark_scripts import run_script
 
 from dit_accel import VMoBAConfig
 from dit_accel.context import AttentionContext, CallContext, LayerContext
@@ -143,30 +144,17 @@ def test_tiny_pipelines_run_sparse_and_restore(name, mode):
 
 def test_gpu_benchmark_script_runs_at_toy_size(tmp_path):
     """benchmarks/bench_vmoba.py is what runs on a lent GPU; the toy run keeps it from rotting."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/bench_vmoba.py",
-            "--toy",
-            "--device",
-            "cpu",
-            "--repeats",
-            "1",
-            "--out",
-            str(tmp_path),
-            "--parity-budget",
-            "30",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_script(
+        "benchmarks/bench_vmoba.py",
+        "--toy",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--parity-budget",
+        "30",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "bench_vmoba.md").read_text()
     assert "| fast |" in table and "Break-even" in table and "Parity mode" in table
