@@ -106,7 +106,7 @@ class Rettention(SparseMethod):
             )
             # Without the ratio the cached residual is against the plain masked softmax O_S = kept / rho.
             kept = refreshed.kept_out if cfg.use_ratio else _masked_softmax_output(refreshed)
-            store_dtype = _DTYPES.get(cfg.state_dtype, q.dtype) if cfg.state_dtype else q.dtype
+            store_dtype = _DTYPES[cfg.state_dtype] if cfg.state_dtype else q.dtype
             store_device = torch.device("cpu") if cfg.state_device == "cpu" else q.device
             state["rho"] = refreshed.rho.to(store_device, compute)
             state["delta"] = (refreshed.out_full.to(compute) - kept.to(compute)).to(store_device, store_dtype)
