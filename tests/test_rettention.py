@@ -90,7 +90,7 @@ def test_full_mask_gives_rho_one_and_no_residual():
     grid = (2, 4, 5)
     q, k, v = (torch.randn(1, 40, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
     method(q, k, v, scale=None, key_padding_mask=None, context=_context(15, grid, steps=50, family="Wan"))
-    state = method.state.get("blocks.0.attn1", "cond")
+    state = method.state.get("transformer.blocks.0.attn1", "cond")
     assert torch.allclose(state["rho"], torch.ones_like(state["rho"]))
     assert float(state["delta"].abs().max()) < 1e-12
     out, _ = method(
@@ -115,7 +115,7 @@ def test_state_can_live_on_the_cpu_in_low_precision():
     )
     q = torch.randn(1, 54, 2, 8)
     method(q, q, q, scale=None, key_padding_mask=None, context=_context(5, (1, 6, 9)))
-    state = method.state.get("blocks.0.attn1", "cond")
+    state = method.state.get("transformer.blocks.0.attn1", "cond")
     assert state["delta"].dtype == torch.bfloat16 and state["delta"].device.type == "cpu"
     assert state["rho"].dtype == torch.float32
 
@@ -162,3 +162,18 @@ def test_gpu_benchmark_script_runs_at_toy_size(tmp_path):
     )
     table = (tmp_path / "bench_rettention.md").read_text()
     assert "toy-video" in table and "toy-image" in table
+
+
+def test_wan22_experts_keep_separate_state():
+    """Both experts have layers named blocks.N.attn1; their cached statistics must not mix."""
+    pipe, kwargs = tp.build_wan22()
+    kwargs = dict(kwargs, num_inference_steps=8)
+    pipe.enable_sparse_attention(
+        "rettention", block_size=16, sparsity=0.1, warmup_fraction=0.25, refresh_every=2
+    )
+    tp.run(pipe, kwargs)
+    keys = {layer for layer, _ in pipe.transformer._dit_accel_session.method.state._entries}
+    pipe.disable_sparse_attention()
+    assert any(k.startswith("transformer.") for k in keys) and any(
+        k.startswith("transformer_2.") for k in keys
+    )

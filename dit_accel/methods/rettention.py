@@ -96,7 +96,8 @@ class Rettention(SparseMethod):
         )
         # float32 arithmetic for the correction (float64 inputs, the test oracle, stay float64).
         compute = torch.promote_types(q.dtype, torch.float32)
-        state = self.state.get(context.layer.name, call.cfg_branch)
+        # Keyed by transformer too: Wan 2.2's two experts have the same layer names.
+        state = self.state.get(f"{call.transformer_name}.{context.layer.name}", call.cfg_branch)
         stale = (
             "delta" not in state or state["delta"].shape[0] != batch or state["delta"].shape[1] != qv.shape[1]
         )
