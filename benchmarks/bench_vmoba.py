@@ -91,6 +91,29 @@ def run_method(mode, layer, grid, q, k, v, measure, repeats):
     return ms, sum(spent), float(density)
 
 
+def record(rows, grid, layer, mode, sdpa, ms, select_ms, density, *, mode_column: bool) -> str:
+    """Append one measurement to ``rows`` (JSON) and return (and print) its markdown table row."""
+    rows.append(
+        dict(
+            grid=grid,
+            kind=layer_kind(layer),
+            mode=mode,
+            ms=ms,
+            sdpa=sdpa,
+            select_ms=select_ms,
+            density=density,
+        )
+    )
+    n = grid[0] * grid[1] * grid[2]
+    mode_cell = f" {mode} |" if mode_column else ""
+    line = (
+        f"| {grid} ({n}) | {layer_kind(layer)} |{mode_cell} {ms:.2f} | {sdpa / ms:.3f} | {select_ms:.2f} | "
+        f"{density:.3f} |"
+    )
+    print(line, flush=True)
+    return line
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -131,23 +154,8 @@ def main(argv=None) -> int:
         n = grid[0] * grid[1] * grid[2]
         lines.append(f"| {grid} ({n}) | - | best SDPA | {sdpa:.2f} | 1.00 | - | 1.000 |")
         for layer in range(3):
-            ms, sel_ms, density = run_method("fast", layer, grid, q, k, v, measure, args.repeats)
-            rows.append(
-                dict(
-                    grid=grid,
-                    kind=layer_kind(layer),
-                    mode="fast",
-                    ms=ms,
-                    sdpa=sdpa,
-                    select_ms=sel_ms,
-                    density=density,
-                )
-            )
-            lines.append(
-                f"| {grid} ({n}) | {layer_kind(layer)} | fast | {ms:.2f} | {sdpa / ms:.2f} | "
-                f"{sel_ms:.2f} | {density:.3f} |"
-            )
-            print(lines[-1], flush=True)
+            result = run_method("fast", layer, grid, q, k, v, measure, args.repeats)
+            lines.append(record(rows, grid, layer, "fast", sdpa, *result, mode_column=True))
             parity_jobs.append((grid, layer, sdpa))
     lines += [
         "",
@@ -181,23 +189,8 @@ def main(argv=None) -> int:
             lines.append(f"| {grid} ({n}) | {layer_kind(layer)} | skipped: time budget | | | |")
             continue
         q, k, v = inputs(grid, heads, dim, dtype, device)
-        ms, sel_ms, density = run_method("parity", layer, grid, q, k, v, measure, 1)
-        rows.append(
-            dict(
-                grid=grid,
-                kind=layer_kind(layer),
-                mode="parity",
-                ms=ms,
-                sdpa=sdpa,
-                select_ms=sel_ms,
-                density=density,
-            )
-        )
-        lines.append(
-            f"| {grid} ({n}) | {layer_kind(layer)} | {ms:.1f} | {sdpa / ms:.3f} | {sel_ms:.1f} | "
-            f"{density:.3f} |"
-        )
-        print(lines[-1], flush=True)
+        result = run_method("parity", layer, grid, q, k, v, measure, 1)
+        lines.append(record(rows, grid, layer, "parity", sdpa, *result, mode_column=False))
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -9,8 +9,17 @@ from typing import Any
 import torch
 
 
-def _as_float(value: Any) -> float:
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+def _as_floats(values: list[Any]) -> list[float]:
+    """Densities as floats, with one device-to-host copy for all tensor values rather than one each."""
+    tensors = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    out = [float(v) if not isinstance(v, torch.Tensor) else 0.0 for v in values]
+    if tensors:
+        copied = torch.stack(
+            [values[i].detach().to(torch.float64).reshape(()).cpu() for i in tensors]
+        ).tolist()
+        for i, value in zip(tensors, copied, strict=True):
+            out[i] = value
+    return out
 
 
 @dataclass
@@ -34,7 +43,8 @@ class SparseAttentionReport:
     fallbacks: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.records = [{**r, "density": _as_float(r["density"])} for r in self.records]
+        densities = _as_floats([r["density"] for r in self.records])
+        self.records = [{**r, "density": d} for r, d in zip(self.records, densities, strict=True)]
 
     @property
     def mean_density(self) -> float:

@@ -36,9 +36,16 @@ class ModelAdapter:
     def matches(cls, transformer: torch.nn.Module) -> bool:
         return any(klass.__name__ in cls.transformer_classes for klass in type(transformer).__mro__)
 
+    #: (block list attribute, attention attribute) pairs naming the routed modules, in model order.
+    attention_paths: ClassVar[tuple[tuple[str, str], ...]] = ()
+
     def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """(module path, module) of every self-attention module to route, in model order."""
-        raise NotImplementedError
+        return [
+            (f"{blocks}.{i}.{attn}", getattr(block, attn))
+            for blocks, attn in self.attention_paths
+            for i, block in enumerate(getattr(transformer, blocks))
+        ]
 
     def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         """(frames, height, width) of the token grid for this input of the transformer."""

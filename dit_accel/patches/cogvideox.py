@@ -15,14 +15,10 @@ from .processors import CogVideoXRoutedProcessor
 class CogVideoXAdapter(ProcessorSwapAdapter):
     family = "CogVideoX"
     transformer_classes = ("CogVideoXTransformer3DModel",)
+    attention_paths = (("transformer_blocks", "attn1"),)
     text_position = "first"
     stock_processors = ("CogVideoXAttnProcessor2_0",)
     routed_processor = CogVideoXRoutedProcessor
-
-    def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return [
-            (f"transformer_blocks.{i}.attn1", b.attn1) for i, b in enumerate(transformer.transformer_blocks)
-        ]
 
     def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t or 1

@@ -16,17 +16,8 @@ from .base import ModelAdapter
 class HunyuanVideoAdapter(ModelAdapter):
     family = "HunyuanVideo"
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
+    attention_paths = (("transformer_blocks", "attn"), ("single_transformer_blocks", "attn"))
     text_position = "last"
-
-    def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        dual = [
-            (f"transformer_blocks.{i}.attn", b.attn) for i, b in enumerate(transformer.transformer_blocks)
-        ]
-        single = [
-            (f"single_transformer_blocks.{i}.attn", b.attn)
-            for i, b in enumerate(transformer.single_transformer_blocks)
-        ]
-        return dual + single
 
     def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t

@@ -16,14 +16,10 @@ from .processors import SelfAttentionRoutedProcessor
 class PixArtAdapter(ProcessorSwapAdapter):
     family = "PixArt"
     transformer_classes = ("PixArtTransformer2DModel",)
+    attention_paths = (("transformer_blocks", "attn1"),)
     text_position = "none"
     stock_processors = ("AttnProcessor2_0",)
     routed_processor = SelfAttentionRoutedProcessor
-
-    def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return [
-            (f"transformer_blocks.{i}.attn1", b.attn1) for i, b in enumerate(transformer.transformer_blocks)
-        ]
 
     def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         p = transformer.config.patch_size

@@ -14,10 +14,8 @@ from .base import ModelAdapter
 class WanAdapter(ModelAdapter):
     family = "Wan"
     transformer_classes = ("WanTransformer3DModel",)
+    attention_paths = (("blocks", "attn1"),)
     text_position = "none"
-
-    def routed_layers(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return [(f"blocks.{i}.attn1", block.attn1) for i, block in enumerate(transformer.blocks)]
 
     def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         p_t, p_h, p_w = transformer.config.patch_size
