@@ -3,7 +3,9 @@
 Shapes of the reference: CogVideoX-2B (226 text tokens first + 13x30x45 video tokens, 30 heads,
 head_dim 64; 50 steps: 15 dense, 7 refresh, 28 sparse) and PixArt at 1024 px (64x64 = 4,096
 tokens, 16 heads, head_dim 72; 20 steps: 5 dense, 3 refresh, 12 sparse), bf16, batch 2 (CFG),
-sparsity 0.03125. Median ms per call (CUDA events, after a warm-up that also autotunes).
+sparsity 0.03125. Median ms per call (CUDA events, after a warm-up that also autotunes). The
+refresh step is timed twice: with the fused one-pass kernel (what the method runs) and with the
+two-pass baseline (a full and a sparse pass with LSEs, ``kernels.two_pass_refresh``).
 
     python benchmarks/bench_rettention.py --out DIR            # GPU
     python benchmarks/bench_rettention.py --toy --device cpu   # tiny, for tests
@@ -25,7 +27,8 @@ from timing import median_ms  # noqa: E402
 
 from dit_accel import RettentionConfig  # noqa: E402
 from dit_accel.context import AttentionContext, CallContext, LayerContext  # noqa: E402
-from dit_accel.kernels import dense_attention  # noqa: E402
+from dit_accel.kernels import dense_attention, two_pass_refresh  # noqa: E402
+from dit_accel.methods import rettention as rettention_module  # noqa: E402
 from dit_accel.methods.rettention import Rettention, phase  # noqa: E402
 
 # name, family, grid, text tokens (first), heads, head_dim, steps
@@ -46,9 +49,9 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     block = 16 if args.toy else 128
     lines = [
-        "| shape | dense ms | refresh ms | sparse ms | sparse vs dense | block density (sparse) | "
-        "schedule (dense/refresh/sparse) | schedule-weighted vs all dense |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| shape | dense ms | refresh ms | refresh ms, two-pass | sparse ms | sparse vs dense | "
+        "block density (sparse) | schedule (dense/refresh/sparse) | schedule-weighted vs all dense |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name, family, grid, n_text, heads, dim, steps in TOY if args.toy else SHAPES:
         n = grid[0] * grid[1] * grid[2] + n_text
@@ -70,12 +73,19 @@ def main(argv=None) -> int:
 
         dense = median_ms(lambda q=q, k=k, v=v: dense_attention(q, k, v), args.repeats, args.device)
         refresh = median_ms(lambda step=refresh_step: call(step), args.repeats, args.device)
+        fused = rettention_module.refresh_attention
+        rettention_module.refresh_attention = two_pass_refresh
+        try:
+            two_pass = median_ms(lambda step=refresh_step: call(step), args.repeats, args.device)
+        finally:
+            rettention_module.refresh_attention = fused
         sparse = median_ms(lambda step=sparse_step: call(step), args.repeats, args.device)
         density = float(call(sparse_step)[1])
         counts = {kind: kinds.count(kind) for kind in ("dense", "refresh", "sparse")}
         weighted = counts["dense"] * dense + counts["refresh"] * refresh + counts["sparse"] * sparse
         lines.append(
-            f"| {name} (B=2, S={n}, H={heads}, D={dim}) | {dense:.2f} | {refresh:.2f} | {sparse:.2f} | "
+            f"| {name} (B=2, S={n}, H={heads}, D={dim}) | {dense:.2f} | {refresh:.2f} | {two_pass:.2f} | "
+            f"{sparse:.2f} | "
             f"{dense / sparse:.2f}x | {density:.3f} | "
             f"{counts['dense']}/{counts['refresh']}/{counts['sparse']} | {weighted / (steps * dense):.2f} |"
         )

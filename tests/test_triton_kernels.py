@@ -52,8 +52,18 @@ kernel_test = pytest.mark.skipif(
 @pytest.mark.parametrize(
     "variant",
     [
-        dict(dtype="bf16", head_dim=128, block_m=128, block_k=128, block_n=64, warps=8, stages=3),
         dict(
+            kernel="sparse",
+            dtype="bf16",
+            head_dim=128,
+            block_m=128,
+            block_k=128,
+            block_n=64,
+            warps=8,
+            stages=3,
+        ),
+        dict(
+            kernel="sparse",
             dtype="fp16",
             head_dim=72,
             block_m=128,
@@ -64,9 +74,39 @@ kernel_test = pytest.mark.skipif(
             kpm=True,
             ndim=2,
         ),
-        dict(dtype="fp32", head_dim=64, block_m=64, block_k=64, block_n=32, warps=4, stages=2),
+        dict(
+            kernel="sparse", dtype="fp32", head_dim=64, block_m=64, block_k=64, block_n=32, warps=4, stages=2
+        ),
+        dict(
+            kernel="refresh",
+            dtype="bf16",
+            head_dim=128,
+            block_m=64,
+            block_k=128,
+            block_n=64,
+            warps=4,
+            stages=3,
+        ),
+        dict(
+            kernel="refresh",
+            dtype="fp16",
+            head_dim=72,
+            block_m=64,
+            block_k=128,
+            block_n=64,
+            warps=4,
+            stages=3,
+            kpm=True,
+            ndim=2,
+        ),
     ],
-    ids=["bf16-d128", "fp16-d72-masks", "fp32-d64"],
+    ids=[
+        "sparse-bf16-d128",
+        "sparse-fp16-d72-masks",
+        "sparse-fp32-d64",
+        "refresh-bf16-d128",
+        "refresh-fp16-d72-masks",
+    ],
 )
 def test_compiles_for_sm90(variant):
     """Ahead-of-time compile for an H100 (no GPU needed): catches frontend/ptxas breakage and checks
@@ -78,7 +118,7 @@ def test_compiles_for_sm90(variant):
             DIT_ACCEL_NO_INTERPRETER="1",
             PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
         )
-        selector = f"test_compiles_for_sm90 and {variant['dtype']} and d{variant['head_dim']}"
+        selector = f"test_compiles_for_sm90 and {variant['kernel']}-{variant['dtype']}-d{variant['head_dim']}"
         cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", selector]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
@@ -88,25 +128,9 @@ def test_compiles_for_sm90(variant):
     from triton.backends.compiler import GPUTarget
 
     from dit_accel.kernels import triton_attention as ta
+    from dit_accel.kernels import triton_refresh as tr
 
-    fn = ta._sparse_attn_fwd
     dtype = variant["dtype"]
-    ptrs = {
-        "Q": dtype,
-        "K": dtype,
-        "V": dtype,
-        "Out": dtype,
-        "LSE": "fp32",
-        "RMAX": "fp32",
-        "RSUM": "fp32",
-        "IDX": "i32",
-        "CNT": "i32",
-        "PART": "i8",
-        "KPM": "u8",
-        "BOX_LO": "i32",
-        "BOX_HI": "i32",
-        "BOX_KC": "i32",
-    }
     consts = dict(
         HEAD_DIM=variant["head_dim"],
         BLOCK_M=variant["block_m"],
@@ -115,11 +139,23 @@ def test_compiles_for_sm90(variant):
         BLOCK_D=ta.block_d_for(variant["head_dim"]),
         HAS_KPM=variant.get("kpm", False),
         MASK_NDIM=variant.get("ndim", 0),
-        STORE_LSE=True,
-        STORE_STATS=True,
         DOT_F32=dtype == "fp32",
         ALIGN=4 if dtype == "fp32" else 8,
     )
+    masks = {"KPM": "u8", "BOX_LO": "i32", "BOX_HI": "i32", "BOX_KC": "i32"}
+    if variant["kernel"] == "sparse":
+        fn = ta._sparse_attn_fwd
+        consts.update(STORE_LSE=True, STORE_STATS=True)
+        outs = {"Out": dtype, "LSE": "fp32", "RMAX": "fp32", "RSUM": "fp32"}
+        lists = {"IDX": "i32", "CNT": "i32", "PART": "i8"}
+        seq_strides = ["stride_qs", "stride_ks", "stride_vs", "stride_os"]
+    else:
+        fn = tr._refresh_fwd
+        consts.update(BLOCK_Q=128)
+        outs = {"OutFull": dtype, "OutKept": dtype, "RHO": "fp32"}
+        lists = {"KIND": "i8"}
+        seq_strides = ["stride_qs", "stride_ks", "stride_vs", "stride_fs", "stride_os"]
+    ptrs = {"Q": dtype, "K": dtype, "V": dtype, **outs, **lists, **masks}
     sig = {
         n: "constexpr"
         if n in consts
@@ -131,7 +167,7 @@ def test_compiles_for_sm90(variant):
         for n in fn.arg_names
     }
     # What the launcher specialises at run time: 16-byte aligned pointers, sequence strides % 16 == 0.
-    aligned = list(ptrs) + ["stride_qs", "stride_ks", "stride_vs", "stride_os"]
+    aligned = list(ptrs) + seq_strides
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     try:
         source = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)

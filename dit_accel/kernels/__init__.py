@@ -206,31 +206,41 @@ def refresh_attention(
 ) -> RefreshResult:
     """Dense output, the layout's share rho of each row's softmax mass, and rho x O_S (Re-ttention).
 
-    The PyTorch path does it in one pass with two accumulators (``kernels.refresh``). Where the
-    Triton kernel serves the call it takes two kernel passes instead, a full layout and the sparse
-    layout, both returning LSEs (rho = exp(LSE_S - LSE_full)): about the cost of one dense plus one
-    sparse attention, until a fused two-accumulator kernel exists.
+    One pass over every key with two accumulators on both paths (``kernels.refresh`` in PyTorch,
+    ``kernels.triton_refresh`` in Triton): about the cost of one dense attention plus a P V
+    product on the kept tiles. Arguments as for ``block_sparse_attention``; see ``RefreshResult``.
     """
-    masks = dict(key_padding_mask=key_padding_mask)
-    if not _use_triton(q, layout, scale, backend):
-        return refresh_attention_torch(
-            q, k, v, layout, scale=scale, element_mask=element_mask, kv_partial=kv_partial, **masks
-        )
+    masks = dict(key_padding_mask=key_padding_mask, element_mask=element_mask, kv_partial=kv_partial)
+    if _use_triton(q, layout, scale, backend):
+        from .triton_refresh import triton_refresh_attention
+
+        return triton_refresh_attention(q, k, v, layout, scale=scale, **masks)
+    return refresh_attention_torch(q, k, v, layout, scale=scale, **masks)
+
+
+def two_pass_refresh(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    *,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    element_mask: ElementMask | None = None,
+    kv_partial: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> RefreshResult:
+    """``refresh_attention`` from a full and a sparse pass with LSEs (rho = exp(LSE_S - LSE_full)).
+
+    The reference's way and the benchmarks' baseline for the fused pass; not used by the methods.
+    """
     full_layout = BlockLayout.full(
         layout.num_q_blocks, layout.num_k_blocks, layout.block_size_q, layout.block_size_k, device=q.device
     )
-    full = attention_with_stats(q, k, v, full_layout, scale=scale, backend=backend, **masks)
-    sparse = attention_with_stats(
-        q,
-        k,
-        v,
-        layout,
-        scale=scale,
-        element_mask=element_mask,
-        kv_partial=kv_partial,
-        backend=backend,
-        **masks,
-    )
+    kw = dict(scale=scale, key_padding_mask=key_padding_mask, backend=backend)
+    full = attention_with_stats(q, k, v, full_layout, **kw)
+    sparse = attention_with_stats(q, k, v, layout, element_mask=element_mask, kv_partial=kv_partial, **kw)
     rho = ratio_from_lse(sparse.lse, full.lse)
-    kept = (sparse.out.float() * rho.transpose(1, 2).unsqueeze(-1)).to(q.dtype)
+    compute = torch.promote_types(q.dtype, torch.float32)
+    kept = (sparse.out.to(compute) * rho.transpose(1, 2).unsqueeze(-1)).to(q.dtype)
     return RefreshResult(full.out, rho, kept)

@@ -19,39 +19,23 @@ import triton.language as tl
 
 from .element_mask import ElementMask
 from .layout import BlockLayout
+from .triton_tiles import (
+    _LN2,
+    LOG2E,
+    _accumulate_pv,
+    _element_predicate,
+    _load_kv,
+    _tile_scores,
+)
 
 try:  # the interpreter's function type; its location is stable across Triton 3.x
     from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
 except ImportError:  # pragma: no cover
     _InterpretedFunction = None
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-_LN2 = tl.constexpr(LN2)  # globals read inside a kernel must be constexpr
 MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _GRID_Y_LIMIT = 65535
-
-
-@triton.jit
-def _box_term(lo_ptr, hi_ptr, kc_ptr, d, rows, cols, seq_q, seq_k):
-    """Coordinate d's part of the ElementMask predicate: lo[d, q] <= coord[d, k] < hi[d, q]."""
-    lo = tl.load(lo_ptr + d * seq_q + rows, mask=rows < seq_q, other=0)
-    hi = tl.load(hi_ptr + d * seq_q + rows, mask=rows < seq_q, other=0)
-    kc = tl.load(kc_ptr + d * seq_k + cols, mask=cols < seq_k, other=0)
-    return (kc[None, :] >= lo[:, None]) & (kc[None, :] < hi[:, None])
-
-
-@triton.jit
-def _load_kv(
-    ptrs, cols, offs_d, seq_k, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDARY: tl.constexpr
-):
-    if BOUNDARY:
-        return tl.load(ptrs, mask=(cols < seq_k)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
-    elif HEAD_DIM == BLOCK_D:
-        return tl.load(ptrs)  # interior tile of an unpadded head: no mask at all
-    else:
-        return tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
 
 
 @triton.jit
@@ -96,23 +80,12 @@ def _attend_tiles(
         # 64-bit tile base, 32-bit in-tile offsets: safe for long sequences, cheap per element.
         k_ptrs = k_base + start_n.to(tl.int64) * stride_kn + (offs_n[:, None] * stride_kn + offs_d[None, :])
         v_ptrs = v_base + start_n.to(tl.int64) * stride_vn + (offs_n[:, None] * stride_vn + offs_d[None, :])
-        k = _load_kv(k_ptrs, cols, offs_d, seq_k, HEAD_DIM, BLOCK_D, BOUNDARY)
-        if DOT_F32:
-            # fp32 inputs: full-precision products (no tf32), so fp32 results match the oracle. Also
-            # bf16 under the interpreter, whose tl.dot reads bf16 as raw uint16 (the casts are exact).
-            qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        if BOUNDARY:
-            qk = tl.where((cols < seq_k)[None, :], qk, float("-inf"))
-        if HAS_KPM:
-            keep = tl.load(kpm_base + cols, mask=cols < seq_k, other=0)
-            qk = tl.where((keep != 0)[None, :], qk, float("-inf"))
+        qk = _tile_scores(
+            q, k_ptrs, cols, offs_d, kpm_base, seq_k, HEAD_DIM, BLOCK_D, BOUNDARY, HAS_KPM, DOT_F32
+        )
         if MASK_NDIM > 0:  # noqa: SIM102 (compile-time test outside, runtime branch inside)
             if tl.load(part_ptr + entry * stride_pw) != 0:  # uniform branch: full tiles skip the predicate
-                ok = _box_term(box_lo, box_hi, box_kc, 0, rows, cols, seq_q, seq_k)
-                for d in tl.static_range(1, MASK_NDIM):
-                    ok = ok & _box_term(box_lo, box_hi, box_kc, d, rows, cols, seq_q, seq_k)
+                ok = _element_predicate(box_lo, box_hi, box_kc, rows, cols, seq_q, seq_k, MASK_NDIM)
                 qk = tl.where(ok, qk, float("-inf"))
         # Running max in log2 units; qk_scale > 0 commutes with max, so the scale is applied once
         # per row here and fused into the subtraction (one FMA per score) below.
@@ -126,11 +99,7 @@ def _attend_tiles(
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_kv(v_ptrs, cols, offs_d, seq_k, HEAD_DIM, BLOCK_D, BOUNDARY)
-        acc = acc * alpha[:, None]
-        if DOT_F32:
-            acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc)
+        acc = _accumulate_pv(acc * alpha[:, None], p, v, DOT_F32)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -415,6 +384,33 @@ def check_supported(q: torch.Tensor, layout: BlockLayout, scale: float | None = 
         raise ValueError(f"batch * heads = {batch * heads} exceeds the launch grid limit {_GRID_Y_LIMIT}")
 
 
+def mask_arguments(
+    element_mask: ElementMask | None, key_padding_mask: torch.Tensor | None, dummy: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], int, torch.Tensor, int]:
+    """Kernel arguments for the masks: (box lo, hi, key coords), MASK_NDIM, padding mask, its stride.
+
+    Absent masks become ``dummy`` (never read: their constexpr switches are off).
+    """
+    device = dummy.device
+    if element_mask is not None:
+        em = element_mask.to(device)
+        box, ndim = (em.q_lo.contiguous(), em.q_hi.contiguous(), em.k_coord.contiguous()), em.ndim
+    else:
+        box, ndim = (dummy, dummy, dummy), 0
+    if key_padding_mask is None:
+        return box, ndim, dummy, 0
+    kpm = key_padding_mask.to(device=device, dtype=torch.uint8).contiguous()
+    return box, ndim, kpm, kpm.stride(0)
+
+
+def stride_alignment(strides: list[int], element_size: int) -> int:
+    """Largest ALIGN <= 16 bytes' worth of elements dividing every stride (see the kernel's comment)."""
+    align = 16 // element_size
+    while align > 1 and any(st % align for st in strides):
+        align //= 2
+    return align
+
+
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -497,29 +493,19 @@ def triton_block_sparse_attention(
     idx = _last_dim_contiguous(layout.kv_indices).expand(batch, heads, -1, -1)  # stride 0 = broadcast
     cnt = layout.kv_counts.contiguous().expand(batch, heads, -1)
     dummy = cnt
-    if element_mask is not None:
-        em = element_mask.to(device)
-        box = (em.q_lo.contiguous(), em.q_hi.contiguous(), em.k_coord.contiguous())
-        if kv_partial is None:  # one shared "partial" flag read with all strides 0
-            part, part_strides = torch.ones(1, dtype=torch.int8, device=device), (0, 0, 0, 0)
-        else:
-            part = kv_partial.to(device=device, dtype=torch.int8).expand(batch, heads, -1, -1)
-            part_strides = part.stride()
-        mask_ndim = em.ndim
+    box, mask_ndim, kpm, kpm_stride = mask_arguments(element_mask, key_padding_mask, dummy)
+    if element_mask is None:
+        part, part_strides = dummy, (0, 0, 0, 0)
+    elif kv_partial is None:  # one shared "partial" flag read with all strides 0
+        part, part_strides = torch.ones(1, dtype=torch.int8, device=device), (0, 0, 0, 0)
     else:
-        box, part, part_strides, mask_ndim = (dummy, dummy, dummy), dummy, (0, 0, 0, 0), 0
-    if key_padding_mask is not None:
-        kpm = key_padding_mask.to(device=device, dtype=torch.uint8).contiguous()
-        kpm_stride = kpm.stride(0)
-    else:
-        kpm, kpm_stride = dummy, 0
+        part = kv_partial.to(device=device, dtype=torch.int8).expand(batch, heads, -1, -1)
+        part_strides = part.stride()
 
     block_d = block_d_for(head_dim)
     grid = (layout.num_q_blocks, batch * heads)
     data_strides = [t.stride(i) for t in (q, k, v, out) for i in range(3)]
-    align = 16 // q.element_size()
-    while align > 1 and any(st % align for st in data_strides):
-        align //= 2
+    align = stride_alignment(data_strides, q.element_size())
     args = (
         q,
         k,
