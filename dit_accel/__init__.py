@@ -10,6 +10,7 @@ from __future__ import annotations
 from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
 from .config import (
     DenseConfig,
+    RectifiedSpaAttnConfig,
     RettentionConfig,
     SparseAttentionConfig,
     VMoBAConfig,
@@ -28,6 +29,7 @@ if check_diffusers():
 
 __all__ = [
     "DenseConfig",
+    "RectifiedSpaAttnConfig",
     "RettentionConfig",
     "SparseAttentionConfig",
     "SparseAttentionReport",

@@ -271,6 +271,92 @@ class RettentionConfig(SparseAttentionConfig):
             raise ValueError(f"state_device must be 'same' or 'cpu', got {self.state_device!r}")
 
 
+RECTIFIED_POOLED_MEANS = ("padded", "valid")
+RECTIFIED_FIRST_FRAME = ("none", "curve", "true_frame0")
+
+
+@dataclass(frozen=True)
+class RectifiedSpaAttnConfig(SparseAttentionConfig):
+    """Rectified SpaAttn: pooled top-p block selection, with the sparse output rectified toward full
+    attention from the same pooled estimate.
+
+    Video tokens are reordered along a 3D space-filling curve so that a block of ``block_size``
+    tokens is compact. Each query block keeps the key blocks with the largest estimated
+    full-attention mass (pooled queries and keys; text keys pooled individually and weighted as
+    single tokens) until ``top_p`` is reached, at least ``int((1 - sa_drop_rate) x n_blocks)``,
+    plus its 26-neighbourhood blocks and the text blocks (Wan: a "first frame" square of blocks).
+    The output of a query block is then ``R x O_sparse + C``: IPAR scales the sparse output by the
+    estimated mass it stands for, GAPR adds the pooled values of dropped blocks whose pooled logit
+    is trusted. Text queries stay dense.
+
+    Attributes:
+        sa_drop_rate: sets the top-k floor. None = the family default (HunyuanVideo 0.8, Wan 0.75,
+            CogVideoX 0.75, as in the reference scripts; PixArt 0.75, a dit-accel extension).
+        top_p: cumulative estimated mass a query block keeps at least (0.3, as the reference).
+        ipar: scale each query block's sparse output by the estimated mass of its kept blocks
+            (plus, with ``gapr``, of the dropped blocks GAPR does not trust). False: no scaling.
+        gapr: add ``sum(p x mean V)`` of the dropped blocks whose pooled logit passes the
+            gain-versus-pooling-error test. ``ipar=gapr=False`` is plain pooled top-p attention.
+        neighbours: always keep the blocks within one token (26-neighbourhood) of a query block.
+        pooled_means: "padded" (default, the reference: a partial last block is averaged over
+            ``block_size`` slots with zeros) or "valid" (over its real tokens; the fix).
+        pooled_dtype: "float32" (default: stable selection) or "model" (the activations' dtype,
+            as the reference's bf16 pooled math).
+        first_frame: a square of blocks every query block of it keeps. "curve" (the reference,
+            for Wan): the first ``n_blocks // frames`` blocks of the curve order, which are not
+            exactly latent frame 0; "true_frame0": the blocks holding frame 0's tokens; "none".
+            None = the family default ("curve" for Wan, "none" for the others).
+        dense_steps / dense_layers: None = the family default (Wan 5 steps and layers 0-1 of each
+            transformer, CogVideoX 5 steps, HunyuanVideo and PixArt none); otherwise as for
+            every method. Wan I2V in the reference keeps only the layers: pass ``dense_steps=0``.
+    """
+
+    method: ClassVar[str] = "rectified"
+
+    sa_drop_rate: float | None = None
+    top_p: float = 0.3
+    ipar: bool = True
+    gapr: bool = True
+    neighbours: bool = True
+    pooled_means: str = "padded"
+    pooled_dtype: str = "float32"
+    first_frame: str | None = None
+    dense_steps: int | None = None  # type: ignore[assignment]
+    dense_layers: tuple[int, ...] | None = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        steps, layers = self.dense_steps, self.dense_layers
+        object.__setattr__(self, "dense_steps", 0 if steps is None else steps)
+        object.__setattr__(self, "dense_layers", () if layers is None else layers)
+        super().__post_init__()
+        if steps is None:
+            object.__setattr__(self, "dense_steps", None)
+        if layers is None:
+            object.__setattr__(self, "dense_layers", None)
+        if self.sa_drop_rate is not None and not 0.0 <= self.sa_drop_rate <= 1.0:
+            raise ValueError(f"sa_drop_rate must lie in [0, 1], got {self.sa_drop_rate!r}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in [0, 1], got {self.top_p!r}")
+        if self.pooled_means not in RECTIFIED_POOLED_MEANS:
+            raise ValueError(
+                f"pooled_means must be one of {RECTIFIED_POOLED_MEANS}, got {self.pooled_means!r}"
+            )
+        if self.pooled_dtype not in ("float32", "model"):
+            raise ValueError(f"pooled_dtype must be 'float32' or 'model', got {self.pooled_dtype!r}")
+        if self.first_frame is not None and self.first_frame not in RECTIFIED_FIRST_FRAME:
+            raise ValueError(f"first_frame must be one of {RECTIFIED_FIRST_FRAME}, got {self.first_frame!r}")
+
+
+#: Per-family defaults of the reference scripts: (sa_drop_rate, dense steps, dense layers per
+#: transformer, first_frame). PixArt is not in the reference (dit-accel extension, no warm-up).
+RECTIFIED_DEFAULTS = {
+    "HunyuanVideo": (0.8, 0, (), "none"),
+    "Wan": (0.75, 5, (0, 1), "curve"),
+    "CogVideoX": (0.75, 5, (), "none"),
+    "PixArt": (0.75, 0, (), "none"),
+}
+
+
 #: Dense warm-up per family, as a fraction of the denoising steps (reference: PixArt 5 of 20,
 #: CogVideoX 15 of 50; Wan and HunyuanVideo are not in the reference).
 RETTENTION_WARMUP = {"PixArt": 5 / 20, "CogVideoX": 15 / 50, "Wan": 0.3, "HunyuanVideo": 0.3}
@@ -305,7 +391,7 @@ def register_config(config_cls: type[SparseAttentionConfig]) -> type[SparseAtten
     return config_cls
 
 
-for _cls in (DenseConfig, Window3DConfig, VMoBAConfig, RettentionConfig):
+for _cls in (DenseConfig, Window3DConfig, VMoBAConfig, RettentionConfig, RectifiedSpaAttnConfig):
     register_config(_cls)
 
 
@@ -331,6 +417,7 @@ def resolve_config(method: str | SparseAttentionConfig, **overrides: Any) -> Spa
 
 __all__ = [
     "DenseConfig",
+    "RectifiedSpaAttnConfig",
     "RettentionConfig",
     "VMoBAConfig",
     "SparseAttentionConfig",

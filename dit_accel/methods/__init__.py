@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import SparseAttentionConfig
 from .base import SparseMethod, StateStore
 from .dense import Dense
+from .rectified import RectifiedSpaAttn
 from .rettention import Rettention
 from .vmoba import VMoBA
 from .window3d import Window3D
@@ -14,6 +15,7 @@ _METHODS: dict[str, type[SparseMethod]] = {
     "window3d": Window3D,
     "vmoba": VMoBA,
     "rettention": Rettention,
+    "rectified": RectifiedSpaAttn,
 }
 
 
