@@ -8,11 +8,25 @@ and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 KERNEL_BACKENDS = ("auto", "triton", "torch")
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` as an int, or a ValueError naming ``name``; bools are refused although they are ints."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
 
 
 def _as_int_tuple(value: Any, name: str, length: int | None = None) -> tuple[int, ...]:
@@ -302,13 +316,19 @@ class RectifiedSpaAttnConfig(SparseAttentionConfig):
             ``block_size`` slots with zeros) or "valid" (over its real tokens; the fix).
         pooled_dtype: "float32" (default: stable selection) or "model" (the activations' dtype,
             as the reference's bf16 pooled math).
+        rectify: "per_block" (default, the reference): ``R x O_sparse + C`` with one R and C per
+            query block, from its mean query. "per_row" (spec section 4, not in the reference):
+            every row adds the compensated blocks' pooled values weighted by its own logits and
+            renormalises with the kernel's exact row sum; compensated = the dropped blocks GAPR
+            trusts (every dropped block with ``gapr=False``); ``ipar=gapr=False`` stays plain.
         first_frame: a square of blocks every query block of it keeps. "curve" (the reference,
             for Wan): the first ``n_blocks // frames`` blocks of the curve order, which are not
             exactly latent frame 0; "true_frame0": the blocks holding frame 0's tokens; "none".
             None = the family default ("curve" for Wan, "none" for the others).
         dense_steps / dense_layers: None = the family default (Wan 5 steps and layers 0-1 of each
             transformer, CogVideoX 5 steps, HunyuanVideo and PixArt none); otherwise as for
-            every method. Wan I2V in the reference keeps only the layers: pass ``dense_steps=0``.
+            every method. Wan I2V in the reference keeps only the layers: pass ``dense_steps=0``;
+            its Wan 2.2 T2V A14B keeps 3 of 40 steps: ``dense_steps=3``.
     """
 
     method: ClassVar[str] = "rectified"
@@ -320,6 +340,7 @@ class RectifiedSpaAttnConfig(SparseAttentionConfig):
     neighbours: bool = True
     pooled_means: str = "padded"
     pooled_dtype: str = "float32"
+    rectify: str = "per_block"
     first_frame: str | None = None
     dense_steps: int | None = None  # type: ignore[assignment]
     dense_layers: tuple[int, ...] | None = None  # type: ignore[assignment]
@@ -343,6 +364,8 @@ class RectifiedSpaAttnConfig(SparseAttentionConfig):
             )
         if self.pooled_dtype not in ("float32", "model"):
             raise ValueError(f"pooled_dtype must be 'float32' or 'model', got {self.pooled_dtype!r}")
+        if self.rectify not in ("per_block", "per_row"):
+            raise ValueError(f"rectify must be 'per_block' or 'per_row', got {self.rectify!r}")
         if self.first_frame is not None and self.first_frame not in RECTIFIED_FIRST_FRAME:
             raise ValueError(f"first_frame must be one of {RECTIFIED_FIRST_FRAME}, got {self.first_frame!r}")
 

@@ -187,10 +187,21 @@ def oracle(q, k, v, grid, text_position, n_text, padding, cfg, drop, first_frame
                 key_idx = [t for j in sorted(kept) if j < n_v for t in blocks[j]]
                 keys = torch.cat([kv[key_idx], tk[text_ok]])
                 vals = torch.cat([vv[key_idx], tv[text_ok]])
+                compensated = [j for j in range(n_v) if j not in kept and (trusted[j] or not cfg.gapr)]
                 for row in blk:
                     w = torch.softmax(scale * (keys @ qv[row]), dim=0)
                     o = w @ vals
-                    out[b, video, h][perm[row]] = r * o + comp if (cfg.ipar or cfg.gapr) else o
+                    if cfg.rectify == "per_row" and (cfg.ipar or cfg.gapr):
+                        # Exact kept keys plus each compensated block as n_j copies of its mean key/value.
+                        e_kept = torch.exp(scale * (keys @ qv[row]))
+                        e_pool = [ks[j][2] * math.exp(scale * float(qv[row] @ ks[j][0])) for j in compensated]
+                        numer = e_kept @ vals + sum(
+                            (e * vs[j][0] for e, j in zip(e_pool, compensated, strict=True)), 0.0
+                        )
+                        o = numer / (e_kept.sum() + sum(e_pool))
+                    elif cfg.ipar or cfg.gapr:
+                        o = r * o + comp
+                    out[b, video, h][perm[row]] = o
             if n_text:
                 keys = torch.cat([k[b, video, h], tk])[
                     torch.cat([torch.ones(n_video, dtype=torch.bool), text_ok])
@@ -219,12 +230,20 @@ def _inputs(grid, n_text, text_position, seed):
 @pytest.mark.parametrize("text_position", ["none", "last", "first"])
 @pytest.mark.parametrize(("ipar", "gapr"), [(True, True), (True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("means", ["padded", "valid"])
-def test_rectified_equals_the_float64_oracle(text_position, ipar, gapr, means):
+@pytest.mark.parametrize("rectify", ["per_block", "per_row"])
+def test_rectified_equals_the_float64_oracle(text_position, ipar, gapr, means, rectify):
     seed = torch.Generator().seed()
     # 98 tokens: the last block holds 2 tokens, so padded and valid means differ a lot there.
     grid, n_text = (2, 7, 7), (0 if text_position == "none" else 5)
     cfg = RectifiedSpaAttnConfig(
-        block_size=16, sa_drop_rate=0.9, top_p=0.3, ipar=ipar, gapr=gapr, pooled_means=means, neighbours=False
+        block_size=16,
+        sa_drop_rate=0.9,
+        top_p=0.3,
+        ipar=ipar,
+        gapr=gapr,
+        pooled_means=means,
+        neighbours=False,
+        rectify=rectify,
     )
     q, k, v, padding = _inputs(grid, n_text, text_position, seed)
     family = FAMILIES[text_position]
@@ -313,3 +332,36 @@ def test_tiny_pipelines_run_sparse_and_restore(name):
     assert 0 < report.mean_density < 1
     assert not torch.equal(out, dense)
     assert torch.equal(tp.run(pipe, kwargs), dense)
+
+
+def test_per_row_rectify_is_the_same_in_row_chunks():
+    from dit_accel.methods.rectified_pooling import per_row_rectify, pool_blocks
+
+    seed = torch.Generator().seed()
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, out = (torch.randn(2, 75, 3, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    kp = pool_blocks(k, 16, None, "valid", torch.float64)
+    vp = pool_blocks(v, 16, None, "valid", torch.float64)
+    row_max = torch.randn(2, 3, 75, generator=g, dtype=torch.float64)
+    row_sum = torch.rand(2, 3, 75, generator=g, dtype=torch.float64) + 0.5
+    compensated = torch.rand(2, 3, 5, 5, generator=g) < 0.5
+    args = (out, row_max, row_sum, q, kp, vp.mean, compensated, 16, 0.3)
+    whole = per_row_rectify(*args)
+    chunked = per_row_rectify(*args, max_elements=1)  # one block of rows at a time
+    assert torch.allclose(whole, chunked, atol=1e-14, rtol=0), f"seed {seed}"
+    # Rows with nothing compensated keep the sparse output exactly.
+    none = per_row_rectify(out, row_max, row_sum, q, kp, vp.mean, torch.zeros_like(compensated), 16, 0.3)
+    assert torch.allclose(none, out, atol=1e-14, rtol=0)
+
+
+def test_gpu_benchmark_script_runs_at_toy_size(tmp_path):
+    """benchmarks/bench_rectified.py is what runs on a lent GPU; the toy run keeps it from rotting."""
+    from benchmark_scripts import run_script
+
+    run_script(
+        "benchmarks/bench_rectified.py", "--toy", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path)
+    )
+    rows = [r for r in (tmp_path / "bench_rectified.md").read_text().splitlines() if r.startswith("| toy")]
+    assert len(rows) == 6
+    densities = [float(r.rstrip(" |").rsplit("|", 1)[1]) for r in rows]
+    assert all(0 < d < 1 for d in densities), rows

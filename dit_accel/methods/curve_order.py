@@ -18,13 +18,14 @@ is one addition and a straight segment is a ``range``: 120k cells take well unde
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 
 import torch
+
+from ..config import positive_int
 
 Cell = tuple[int, int, int]
 Axis = tuple[int, int]
@@ -70,24 +71,11 @@ def _on(index: torch.Tensor, device: torch.device) -> torch.Tensor:
     return index if index.device == device else index.to(device)
 
 
-def _positive_int(value: object, name: str) -> int:
-    """``value`` as an int, or a ValueError naming ``name``; bools are refused although they are ints."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
 def _grid(grid: Sequence[int]) -> tuple[int, int, int]:
     """(T, H, W) as a hashable tuple of positive ints (configs may hand over lists)."""
     if not isinstance(grid, Sequence) or isinstance(grid, str) or len(grid) != 3:
         raise ValueError(f"grid must be a (T, H, W) sequence of 3 positive integers, got {grid!r}")
-    t, h, w = (_positive_int(v, f"grid[{i}]") for i, v in enumerate(grid))
+    t, h, w = (positive_int(v, f"grid[{i}]") for i, v in enumerate(grid))
     return t, h, w
 
 
@@ -229,7 +217,7 @@ def block_neighbours(
     (t, h, w); so the diagonal is True and the matrix is symmetric. Cached per arguments: never modify
     the result in place.
     """
-    return _block_neighbours(_grid(grid), _positive_int(block_size, "block_size"), torch.device(device))
+    return _block_neighbours(_grid(grid), positive_int(block_size, "block_size"), torch.device(device))
 
 
 @lru_cache(maxsize=32)

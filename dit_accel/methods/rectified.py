@@ -20,7 +20,7 @@ import torch
 
 from ..config import RECTIFIED_DEFAULTS, RectifiedSpaAttnConfig
 from ..context import AttentionContext, CallContext
-from ..kernels import BlockLayout, block_sparse_attention, dense_attention, num_blocks
+from ..kernels import BlockLayout, attention_with_stats, block_sparse_attention, dense_attention, num_blocks
 from .base import SparseMethod
 from .curve_order import block_neighbours, curve_order
 from .joint import split_joint
@@ -28,6 +28,7 @@ from .rectified_pooling import (
     PooledBlocks,
     estimated_block_mass,
     gapr_trusted,
+    per_row_rectify,
     pool_blocks,
     rectification,
     top_k_floor,
@@ -123,24 +124,29 @@ class RectifiedSpaAttn(SparseMethod):
         if split.num_text:
             text_valid = torch.ones(batch, split.num_text, dtype=torch.bool, device=q.device)
             key_valid = torch.cat([key_valid, text_valid if text_ok is None else text_ok], dim=1)
-        out = block_sparse_attention(
-            qv,
-            torch.cat([_pad_tokens(kv, n_v * bs), k[:, split.text]], dim=1),
-            torch.cat([_pad_tokens(vv, n_v * bs), v[:, split.text]], dim=1),
-            sel.layout,
-            scale=scale,
-            key_padding_mask=key_valid,
-            backend=cfg.kernel_backend,
-        )
-
-        # Rectification (spec 3.4): O = R x O_sparse + C per query block.
-        if cfg.ipar or cfg.gapr:
+        keys = torch.cat([_pad_tokens(kv, n_v * bs), k[:, split.text]], dim=1)
+        values = torch.cat([_pad_tokens(vv, n_v * bs), v[:, split.text]], dim=1)
+        masks = dict(scale=scale, key_padding_mask=key_valid, backend=cfg.kernel_backend)
+        if not (cfg.ipar or cfg.gapr):
+            out = block_sparse_attention(qv, keys, values, sel.layout, **masks)
+        else:
             vp = pool_blocks(vv, bs, video_ok, cfg.pooled_means, sel.pooled_q.mean.dtype)
             trusted = gapr_trusted(sel.pooled_q, sel.pooled_k) if cfg.gapr else None
-            r, c = rectification(sel.mass, sel.kept_columns, trusted, vp.mean, ipar=cfg.ipar, gapr=cfg.gapr)
-            compute = torch.promote_types(q.dtype, torch.float32)
-            rows = _per_row(r.to(compute), bs, n_video).unsqueeze(-1)
-            out = (out.to(compute) * rows + _per_row(c.to(compute), bs, n_video)).to(q.dtype)
+            if cfg.rectify == "per_row":
+                res = attention_with_stats(qv, keys, values, sel.layout, **masks)
+                dropped = ~sel.kept_columns[..., :n_v]
+                compensated = dropped & trusted if cfg.gapr else dropped
+                out = per_row_rectify(
+                    res.out, res.row_max, res.row_sum, qv, sel.pooled_k, vp.mean, compensated, bs, scale
+                )
+            else:  # spec 3.4: O = R x O_sparse + C per query block
+                out = block_sparse_attention(qv, keys, values, sel.layout, **masks)
+                r, c = rectification(
+                    sel.mass, sel.kept_columns, trusted, vp.mean, ipar=cfg.ipar, gapr=cfg.gapr
+                )
+                compute = torch.promote_types(q.dtype, torch.float32)
+                rows = _per_row(r.to(compute), bs, n_video).unsqueeze(-1)
+                out = (out.to(compute) * rows + _per_row(c.to(compute), bs, n_video)).to(q.dtype)
 
         text_out = None
         if split.num_text:

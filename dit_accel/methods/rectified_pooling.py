@@ -158,3 +158,54 @@ def rectification(
     if gapr:  # untrusted dropped blocks are not computed: their mass goes to the kept ones
         carried[..., :n_k] |= dropped & ~trusted
     return (mass * carried).sum(-1), comp
+
+
+def per_row_rectify(
+    out: torch.Tensor,
+    row_max: torch.Tensor,
+    row_sum: torch.Tensor,
+    q: torch.Tensor,
+    k: PooledBlocks,
+    v_mean: torch.Tensor,
+    compensated: torch.Tensor,
+    block_size: int,
+    scale: float,
+    max_elements: int = 1 << 25,
+) -> torch.Tensor:
+    """The per-row correction (spec 4, not in the reference): each row adds its compensated blocks.
+
+    ``O_i = (l_i O_i + sum_j w_ij v_j) / (l_i + sum_j w_ij)`` with ``w_ij = n_j exp(s_ij - m_i)``,
+    ``s_ij = scale q_i . mean k_j`` the row's own logit to pooled block j and ``n_j`` the tokens the
+    block stands for. Unlike ``R x O + C`` this uses each row's query and the kernel's exact
+    normaliser ``l_i``, so rows of one block are corrected differently. Everything is shifted by
+    a shared max ``max(m_i, max_j s_ij)`` (a dropped block's pooled logit can exceed the kept max).
+
+    out: (B, N, H, D) sparse output; row_max, row_sum: (B, H, N) over kept keys (natural log);
+    q: (B, N, H, D); k: pooled keys; v_mean: (B, H, n_k, D); compensated: bool (B, H, n_q, n_k).
+    Rows are processed in chunks so that the (rows x n_k) logits stay under ``max_elements``.
+    """
+    batch, n, heads, dim = q.shape
+    n_k = v_mean.shape[2]
+    compute = torch.promote_types(out.dtype, torch.float32)
+    weight = torch.log(k.weight.to(compute).clamp_min(1e-30))[:, None, None, :]  # log n_j
+    result = torch.empty(batch, n, heads, dim, dtype=compute, device=out.device)
+    step = max(block_size, (max_elements // max(1, batch * heads * n_k)) // block_size * block_size)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        qc = q[:, start:stop].to(compute)
+        logits = torch.einsum("bqhd,bhkd->bhqk", qc, k.mean.to(compute)) * scale + weight
+        rows_block = torch.arange(start, stop, device=out.device) // block_size
+        allowed = compensated[:, :, rows_block]  # (B, H, rows, n_k)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        m = row_max[..., start:stop].to(compute)
+        shift = torch.maximum(m, logits.amax(-1))
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        w = torch.exp(logits - shift[..., None])  # 0 where not compensated
+        kept = row_sum[..., start:stop].to(compute) * torch.exp(m - shift)
+        kept = torch.where(torch.isfinite(m), kept, torch.zeros_like(kept))
+        numer = kept[..., None] * out[:, start:stop].to(compute).transpose(1, 2) + torch.einsum(
+            "bhqk,bhkd->bhqd", w, v_mean.to(compute)
+        )
+        denom = (kept + w.sum(-1)).clamp_min(torch.finfo(compute).tiny)
+        result[:, start:stop] = (numer / denom[..., None]).transpose(1, 2)
+    return result.to(out.dtype)

@@ -24,6 +24,8 @@ from functools import cached_property, lru_cache
 
 import torch
 
+from ..config import positive_int
+
 KINDS = ("1d", "2d", "3d")
 """Partition kinds, in the order of the layer cycle (spec §3.2)."""
 
@@ -94,26 +96,13 @@ class ChunkPartition:
         return x.index_select(1, self.inverse)
 
 
-def _positive_int(value: object, name: str) -> int:
-    """``value`` as an int, or a ValueError naming ``name``; bools are refused although they are ints."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
 def _int_tuple(value: object, length: int, name: str) -> tuple[int, ...]:
     """A length-``length`` tuple of positive ints from a tuple or list (JSON configs give lists)."""
     if not isinstance(value, Sequence) or isinstance(value, str):
         raise ValueError(f"{name} must be a sequence of {length} positive integers, got {value!r}")
     if len(value) != length:
         raise ValueError(f"{name} must have {length} entries, got {len(value)}: {value!r}")
-    return tuple(_positive_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+    return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(value))
 
 
 def _check_kind(kind: str) -> None:
@@ -130,7 +119,7 @@ def _chunk_size_tuple(kind: str, chunk_size: int | Sequence[int]) -> tuple[int, 
     _check_kind(kind)
     n = len(_SIZED_AXES[kind])
     if n == 1 and not isinstance(chunk_size, Sequence):
-        return (_positive_int(chunk_size, "chunk_size"),)
+        return (positive_int(chunk_size, "chunk_size"),)
     return _int_tuple(chunk_size, n, "chunk_size")
 
 
@@ -153,7 +142,7 @@ def chunk_partition(
     """
     grid_t = _int_tuple(grid, 3, "grid")
     sizes = _chunk_size_tuple(kind, chunk_size)
-    pad = _positive_int(pad_to, "pad_to")
+    pad = positive_int(pad_to, "pad_to")
     return _chunk_partition(grid_t, kind, sizes, pad, torch.device(device))
 
 
