@@ -10,6 +10,7 @@ from __future__ import annotations
 from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
 from .config import (
     DenseConfig,
+    FreeSwimConfig,
     RectifiedSpaAttnConfig,
     RettentionConfig,
     SparseAttentionConfig,
@@ -29,6 +30,7 @@ if check_diffusers():
 
 __all__ = [
     "DenseConfig",
+    "FreeSwimConfig",
     "RectifiedSpaAttnConfig",
     "RettentionConfig",
     "SparseAttentionConfig",

@@ -285,6 +285,87 @@ class RettentionConfig(SparseAttentionConfig):
             raise ValueError(f"state_device must be 'same' or 'cpu', got {self.state_device!r}")
 
 
+@dataclass(frozen=True)
+class FreeSwimConfig(SparseAttentionConfig):
+    """FreeSwim: render above the training resolution with inward sliding-window self-attention.
+
+    Every video query attends a spatial window the size of the training-resolution token grid, over
+    all frames, shifted inward at the borders so that every query sees a whole window. A second,
+    full-attention branch runs on the same latent inside the transformer (the batch is doubled and
+    only the window branch's prediction is returned), and its text cross-attention output replaces
+    the window branch's in every block. Wan 2.1 / 2.2 text-to-video only (spec: the reference).
+
+    Attributes:
+        base_resolution: (height, width) in pixels the model was trained at ((480, 832) for Wan 2.1
+            1.3B; (720, 1280) for 14B). With ``vae_scale_factor`` and the transformer's patch size it
+            gives the window: ``(2 d_h + 1, 2 d_w + 1)`` tokens, ``d = base // (vae x patch) // 2``.
+        vae_scale_factor: pixels per latent along height and width (8 for Wan 2.1 and 2.2 A14B, 16
+            for Wan 2.2 TI2V-5B).
+        window: (rows, cols) of the window in tokens; overrides ``base_resolution``.
+        inward: shift windows inward at borders (True, the method); False clips them (the ablation).
+        cross_attn_override: run the full-attention branch and use its cross-attention output in
+            every block (True). False runs the window branch alone (no second branch).
+        cache: cache mode: the full branch runs on guide steps only (every ``cache_steps``-th step,
+            conditional pass); each block's cross-attention output is kept and reused on the steps
+            in between, and the unconditional pass never runs the full branch (as the reference).
+        cache_steps: guide-step period in cache mode (2, as the reference).
+        cache_device: where the cache lives: "auto" (the activations' device while the cache fits
+            in half of the free GPU memory, otherwise pinned host memory), "same" or "cpu".
+        attention_scale: softmax scale of both self-attention branches: "reference" (default,
+            ``sqrt(log(3120) / log(1560) / head_dim)``, the reference's constant), "default"
+            (``head_dim ** -0.5``) or a number.
+        order: token order of the window branch: "spatial" (default: all frames of a position
+            adjacent, most visited tiles need no in-kernel mask) or "raster" (diffusers' order, for
+            debugging).
+        experimental: allow the window alone (no second branch) on HunyuanVideo, CogVideoX and
+            PixArt: video queries attend the window plus every text key, text queries stay dense.
+    """
+
+    method: ClassVar[str] = "freeswim"
+
+    base_resolution: tuple[int, int] = (480, 832)
+    vae_scale_factor: int = 8
+    window: tuple[int, int] | None = None
+    inward: bool = True
+    cross_attn_override: bool = True
+    cache: bool = False
+    cache_steps: int = 2
+    cache_device: str = "auto"
+    attention_scale: str | float = "reference"
+    order: str = "spatial"
+    experimental: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        base = _as_int_tuple(self.base_resolution, "base_resolution", 2)
+        if any(b < 1 for b in base):
+            raise ValueError(f"base_resolution must be positive, got {self.base_resolution!r}")
+        object.__setattr__(self, "base_resolution", base)
+        positive_int(self.vae_scale_factor, "vae_scale_factor")
+        if self.window is not None:
+            window = _as_int_tuple(self.window, "window", 2)
+            if any(w < 1 for w in window):
+                raise ValueError(f"window extents must be >= 1 token, got {self.window!r}")
+            object.__setattr__(self, "window", window)
+        positive_int(self.cache_steps, "cache_steps")
+        if self.cache_device not in ("auto", "same", "cpu"):
+            raise ValueError(f"cache_device must be 'auto', 'same' or 'cpu', got {self.cache_device!r}")
+        scale = self.attention_scale
+        if isinstance(scale, str):
+            if scale not in ("reference", "default"):
+                raise ValueError(f"attention_scale must be 'reference', 'default' or a number, got {scale!r}")
+        elif not isinstance(scale, int | float) or isinstance(scale, bool) or not scale > 0:
+            raise ValueError(
+                f"attention_scale must be 'reference', 'default' or a positive number, got {scale!r}"
+            )
+        if self.order not in ("spatial", "raster"):
+            raise ValueError(f"order must be 'spatial' or 'raster', got {self.order!r}")
+        if self.cache and not self.cross_attn_override:
+            raise ValueError(
+                "cache=True caches the full branch's cross-attention: it needs cross_attn_override=True"
+            )
+
+
 RECTIFIED_POOLED_MEANS = ("padded", "valid")
 RECTIFIED_FIRST_FRAME = ("none", "curve", "true_frame0")
 
@@ -414,7 +495,14 @@ def register_config(config_cls: type[SparseAttentionConfig]) -> type[SparseAtten
     return config_cls
 
 
-for _cls in (DenseConfig, Window3DConfig, VMoBAConfig, RettentionConfig, RectifiedSpaAttnConfig):
+for _cls in (
+    DenseConfig,
+    Window3DConfig,
+    VMoBAConfig,
+    RettentionConfig,
+    RectifiedSpaAttnConfig,
+    FreeSwimConfig,
+):
     register_config(_cls)
 
 
@@ -440,6 +528,7 @@ def resolve_config(method: str | SparseAttentionConfig, **overrides: Any) -> Spa
 
 __all__ = [
     "DenseConfig",
+    "FreeSwimConfig",
     "RectifiedSpaAttnConfig",
     "RettentionConfig",
     "VMoBAConfig",

@@ -44,10 +44,15 @@ class CallContext:
 
 @dataclass(frozen=True)
 class LayerContext:
-    """Which self-attention layer runs: its module path and its index among routed layers."""
+    """Which attention layer runs: its module path, its index among routed layers, and its kind.
+
+    ``kind`` is "self" for the routed self-attention (every method) and "cross" for the text
+    cross-attention a method routes itself (FreeSwim's override).
+    """
 
     name: str
     index: int
+    kind: str = "self"
 
 
 @dataclass(frozen=True)

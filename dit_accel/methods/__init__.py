@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import SparseAttentionConfig
 from .base import SparseMethod, StateStore
 from .dense import Dense
+from .freeswim import FreeSwim
 from .rectified import RectifiedSpaAttn
 from .rettention import Rettention
 from .vmoba import VMoBA
@@ -16,6 +17,7 @@ _METHODS: dict[str, type[SparseMethod]] = {
     "vmoba": VMoBA,
     "rettention": Rettention,
     "rectified": RectifiedSpaAttn,
+    "freeswim": FreeSwim,
 }
 
 

@@ -91,7 +91,8 @@ def dit_accel_attention(
     out, density = session.method(
         query, key, value, scale=scale, key_padding_mask=key_padding_mask, context=context
     )
-    session.record(context, density)
+    if density is not None:  # None: a call the method serves but that is not sparse attention
+        session.record(context, density)
     return out
 
 

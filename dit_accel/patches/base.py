@@ -129,10 +129,13 @@ class Installation:
         try:
             for index, (path, module) in enumerate(layers):
                 self._undo.append(self.adapter.route(module, backend))
-                self._hook_layer(module, LayerContext(path, index))
+                self.hook_layer(module, LayerContext(path, index))
                 self.layers.append(path)
             self._hook_transformer()
             self._wrap_cache_context()
+            extras = getattr(self.session.method, "install_extras", None)
+            if extras is not None:  # hooks beyond self-attention (FreeSwim's dual path)
+                self._undo.extend(extras(self, backend))
         except Exception:
             self.uninstall()
             raise
@@ -142,7 +145,8 @@ class Installation:
             self._undo.pop()()
         self.layers.clear()
 
-    def _hook_layer(self, module: torch.nn.Module, layer: LayerContext) -> None:
+    def hook_layer(self, module: torch.nn.Module, layer: LayerContext) -> None:
+        """Make ``layer`` the current layer context while ``module`` runs (undone on uninstall)."""
         tokens: list = []
 
         def enter(mod, args):
