@@ -420,3 +420,84 @@ def test_enable_by_name_and_config_object():
         assert isinstance(pipe.transformer._dit_accel_session.method, FreeSwim)
         pipe.disable_sparse_attention()
         assert "forward" not in vars(pipe.transformer)
+
+
+# ------------------------------------------------------------------------------ the workflow
+def _workflow_kwargs():
+    pipe, kwargs = tp.build_wan21()
+    drop = ("height", "width", "output_type", "num_inference_steps", "num_frames")
+    return pipe, {k: v for k, v in kwargs.items() if k not in drop}
+
+
+def test_workflow_drafts_at_base_and_refines_at_twice_the_grid(monkeypatch):
+    from dit_accel.pipelines import freeswim_generate
+
+    pipe, kwargs = _workflow_kwargs()
+    seen = []
+    original = FreeSwim.attend
+
+    def spy(self, q, k, v, **kw):
+        seen.append((kw["context"].call.grid, kw["context"].call.step_index, freeswim_module.DUAL_PATH.get()))
+        return original(self, q, k, v, **kw)
+
+    monkeypatch.setattr(FreeSwim, "attend", spy)
+    result = freeswim_generate(
+        pipe,
+        height=160,
+        width=224,
+        num_frames=9,
+        num_inference_steps=4,
+        config=FreeSwimConfig(block_size=16, base_resolution=BASE),
+        output_type="pt",
+        **kwargs,
+    )
+    assert tuple(result.draft.shape) == (1, 9, 3, 80, 112)
+    assert tuple(result.frames.shape) == (1, 9, 3, 160, 224)
+    assert torch.isfinite(result.frames).all()
+    # Stage B only: the 10x14 token grid, strength 0.7 of 4 steps = 2 steps, dual path throughout.
+    assert (
+        {s[0] for s in seen} == {(3, 10, 14)} and {s[1] for s in seen} == {0, 1} and all(s[2] for s in seen)
+    )
+    assert not dit_accel.api._sessions(pipe)  # the pipeline is left as it was
+
+
+def test_workflow_rejects_sizes_that_are_not_multiples_of_16():
+    from dit_accel.pipelines import freeswim_generate
+
+    pipe, kwargs = _workflow_kwargs()
+    with pytest.raises(ValueError, match="nearest valid height is 176"):
+        freeswim_generate(pipe, height=170, width=224, num_frames=9, **kwargs)
+    pipe.enable_sparse_attention("dense")
+    with pytest.raises(ValueError, match="disable_sparse_attention"):
+        freeswim_generate(pipe, height=160, width=224, num_frames=9, **kwargs)
+
+
+def test_cache_size_at_the_reference_operating_point():
+    """Spec 3.5: Wan-1.3B at 1088x1920, 81 frames: 171,360 x 1,536 x 2 B per block, ~15.8 GB for 30."""
+    from types import SimpleNamespace
+
+    from dit_accel.pipelines import freeswim_cache_bytes, nearest_valid_size
+
+    wan13 = SimpleNamespace(
+        config=SimpleNamespace(
+            patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, num_layers=30
+        ),
+        dtype=torch.bfloat16,
+    )
+    size = freeswim_cache_bytes(wan13, 1088, 1920, 81)
+    assert size == 30 * 171_360 * 1_536 * 2
+    assert round(size / 1e9, 1) == 15.8
+    assert nearest_valid_size(1080) == 1088
+
+
+def test_gpu_benchmark_script_runs_at_toy_size(tmp_path):
+    """benchmarks/bench_freeswim.py is what runs on a lent GPU; the toy run keeps it from rotting."""
+    from benchmark_scripts import run_script
+
+    run_script(
+        "benchmarks/bench_freeswim.py", "--toy", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path)
+    )
+    rows = [r for r in (tmp_path / "bench_freeswim.md").read_text().splitlines() if r.startswith("| toy")]
+    assert [r.split("|")[2].strip() for r in rows] == ["spatial", "raster"]
+    tile_density = [float(r.split("|")[7]) for r in rows]
+    assert tile_density[0] < tile_density[1] < 1  # spatial-major visits fewer tiles than raster
