@@ -210,10 +210,16 @@ def test_window_covering_the_grid_is_dense_attention():
 BASE = (80, 112)  # tiny Wan renders 160x224: token grid 10x14, base grid 5x7 -> window (5, 7)
 
 
-def _reference_dual_path(transformer, window):
-    """Stock processors: window mask for item 0, dense for item 1, item 1's attn2 output for both."""
+def _reference_dual_path(transformer, window, cache_steps=None):
+    """Stock processors: window mask for item 0, dense for item 1, item 1's attn2 output for both.
+
+    ``cache_steps``: the reference's cache mode, written from spec 3.5 with call counting (the Wan
+    pipeline calls the transformer cond then uncond every step): on guide cond calls the dual path
+    stores each block's cross-attention output; on other cond calls one item runs the window with
+    the stored outputs; uncond calls run one item with its own cross-attention.
+    """
     handles = []
-    grid_holder = {}
+    state = {"calls": -1, "dual": True, "stored": {}, "reuse": False}
 
     def duplicate(mod, args, kwargs):
         bound = dict(
@@ -221,13 +227,20 @@ def _reference_dual_path(transformer, window):
         )
         hidden = bound["hidden_states"]
         p_t, p_h, p_w = mod.config.patch_size
-        grid_holder["grid"] = (hidden.shape[2] // p_t, hidden.shape[3] // p_h, hidden.shape[4] // p_w)
-        for name, value in list(bound.items()):
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == hidden.shape[0]:
-                bound[name] = torch.cat([value, value])
+        state["grid"] = (hidden.shape[2] // p_t, hidden.shape[3] // p_h, hidden.shape[4] // p_w)
+        state["calls"] += 1
+        step, cond = state["calls"] // 2, state["calls"] % 2 == 0
+        state["dual"] = cache_steps is None or (cond and step % cache_steps == 0)
+        state["reuse"] = cache_steps is not None and cond and not state["dual"]
+        if state["dual"]:
+            for name, value in list(bound.items()):
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == hidden.shape[0]:
+                    bound[name] = torch.cat([value, value])
         return (), bound
 
     def keep_first(mod, args, kwargs, output):
+        if not state["dual"]:
+            return output
         if isinstance(output, tuple):
             return (output[0][: output[0].shape[0] // 2], *output[1:])
         output.sample = output.sample[: output.sample.shape[0] // 2]
@@ -240,22 +253,30 @@ def _reference_dual_path(transformer, window):
         def __call__(
             self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None
         ):
-            mask = oracle_mask(grid_holder["grid"], window).to(hidden_states.device)
-            full = torch.ones_like(mask)
-            attention_mask = torch.stack([mask, full])[:, None]  # (2, 1, L, L): item 0 window, item 1 dense
+            mask = oracle_mask(state["grid"], window).to(hidden_states.device)
+            masks = [mask, torch.ones_like(mask)] if state["dual"] else [mask]
+            attention_mask = torch.stack(masks)[:, None]  # item 0 window, item 1 (if any) dense
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
-    def override(mod, args, output):
-        half = output.shape[0] // 2
-        return torch.cat([output[half:], output[half:]])
+    def override(index):
+        def hook(mod, args, output):
+            if state["reuse"]:
+                return state["stored"][index]
+            if not state["dual"]:
+                return output
+            half = output.shape[0] // 2
+            state["stored"][index] = output[half:]
+            return torch.cat([output[half:], output[half:]])
+
+        return hook
 
     handles.append(transformer.register_forward_pre_hook(duplicate, with_kwargs=True))
     handles.append(transformer.register_forward_hook(keep_first, with_kwargs=True))
     originals = []
-    for block in transformer.blocks:
+    for index, block in enumerate(transformer.blocks):
         originals.append(block.attn1.processor)
         block.attn1.processor = MaskedProcessor(block.attn1.processor)
-        handles.append(block.attn2.register_forward_hook(override))
+        handles.append(block.attn2.register_forward_hook(override(index)))
 
     def undo():
         for handle in handles:
@@ -281,6 +302,26 @@ def test_dual_path_equals_the_stock_processor_reference_over_three_steps():
     assert float((out - dense).norm() / dense.norm()) > 100 * err  # the window and override do something
     assert 0.5 < report.mean_density < 1  # half the batch dense, half the window
     assert torch.equal(tp.run(pipe, kwargs), dense)  # disable restores the stock pipeline exactly
+
+
+def test_cache_mode_equals_the_stock_processor_reference_over_four_steps():
+    pipe, kwargs = tp.build_wan21()
+    kwargs = dict(kwargs, num_inference_steps=4)
+    undo = _reference_dual_path(pipe.transformer, (5, 7), cache_steps=2)
+    reference = tp.run(pipe, kwargs)
+    undo()
+    nocache = None
+    for cache in (False, True):
+        pipe.enable_sparse_attention(
+            "freeswim", block_size=16, base_resolution=BASE, attention_scale="default", cache=cache
+        )
+        out = tp.run(pipe, kwargs)
+        pipe.disable_sparse_attention()
+        if not cache:
+            nocache = out
+    err = float((out - reference).norm() / reference.norm())
+    assert err < 1e-5, err
+    assert float((nocache - reference).norm() / reference.norm()) > 100 * err  # cache mode differs
 
 
 def test_override_replaces_the_window_items_cross_attention():
