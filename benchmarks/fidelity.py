@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -22,15 +21,9 @@ from typing import Any
 import torch
 
 import dit_accel
+from dit_accel.quality import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR in dB with the reference's value range as peak; inf when the outputs are identical."""
-    mse = float(((output.double() - reference.double()) ** 2).mean())
-    peak = float(reference.max() - reference.min())
-    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
 def relative_l2(output: torch.Tensor, reference: torch.Tensor) -> float:

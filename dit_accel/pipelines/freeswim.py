@@ -95,6 +95,8 @@ def freeswim_generate(
     """
     from diffusers import WanVideoToVideoPipeline
 
+    from ..demo import DemoVideoPipeline
+
     config = config or FreeSwimConfig()
     if _sessions(pipe):
         raise ValueError(
@@ -105,6 +107,22 @@ def freeswim_generate(
     _check_size("height", height, multiple)
     _check_size("width", width, multiple)
     base_h, base_w = config.base_resolution
+    if isinstance(pipe, DemoVideoPipeline):  # pixel space: the pipeline refines a video itself
+        return _demo_workflow(
+            pipe,
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_frames,
+            num_inference_steps,
+            guidance_scale,
+            strength,
+            generator,
+            draft,
+            config,
+            output_type,
+        )
     # The prompt is encoded once, by the text-to-video pipeline, for both stages (diffusers'
     # video-to-video pipeline also needs the optional ``ftfy`` package to clean prompt strings).
     prompt_embeds, negative_embeds = pipe.encode_prompt(
@@ -126,10 +144,7 @@ def freeswim_generate(
         logger.info("FreeSwim stage A: draft at %dx%d", base_h, base_w)
         draft = pipe(height=base_h, width=base_w, num_frames=num_frames, output_type="pt", **common).frames
     frames = draft.shape[1]
-    resized = torch.nn.functional.interpolate(
-        draft.flatten(0, 1).float(), size=(height, width), mode="bilinear", align_corners=False
-    ).clamp(0, 1)
-    resized = resized.view(draft.shape[0], frames, *resized.shape[1:])
+    resized = _resize(draft, height, width)
 
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=flow_shift)
     refine = WanVideoToVideoPipeline(
@@ -153,3 +168,54 @@ def freeswim_generate(
     finally:
         disable_sparse_attention(refine)
     return FreeSwimResult(out.frames, draft)
+
+
+def _demo_workflow(
+    pipe,
+    prompt,
+    negative_prompt,
+    height,
+    width,
+    num_frames,
+    steps,
+    guidance_scale,
+    strength,
+    generator,
+    draft,
+    config,
+    output_type,
+) -> FreeSwimResult:
+    """The same two stages on the built-in demo model (pixel space, no VAE, no flow-shift change)."""
+    common = dict(
+        negative_prompt=negative_prompt or "",
+        num_frames=num_frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+    )
+    base_h, base_w = config.base_resolution
+    if draft is None:
+        draft = pipe(prompt, height=base_h, width=base_w, output_type="pt", **common)
+    resized = _resize(draft, height, width)
+    enable_sparse_attention(pipe, config)
+    try:
+        frames = pipe(
+            prompt,
+            height=height,
+            width=width,
+            video=resized,
+            strength=strength,
+            output_type=output_type,
+            **common,
+        )
+    finally:
+        disable_sparse_attention(pipe)
+    return FreeSwimResult(frames, draft)
+
+
+def _resize(draft: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of (B, F, C, H, W) frames in [0, 1]."""
+    resized = torch.nn.functional.interpolate(
+        draft.flatten(0, 1).float(), size=(height, width), mode="bilinear", align_corners=False
+    ).clamp(0, 1)
+    return resized.view(*draft.shape[:2], *resized.shape[1:])

@@ -1,0 +1,21 @@
+"""The built-in ``demo`` model: a tiny Wan-architecture video transformer trained by this project.
+
+It renders 32x32 pixel videos of one coloured shape moving in a direction ("red square moving
+right"), on a CPU in seconds, with no download: the weights (``weights/demo.safetensors``, trained
+by ``scripts/train_demo_model.py``) and the word-level prompt encoder ship in the package.
+"""
+
+from __future__ import annotations
+
+from .data import COLOURS, DIRECTIONS, SHAPES, make_video, parse_prompt
+from .pipeline import DemoVideoPipeline, load_demo_pipeline
+
+__all__ = [
+    "COLOURS",
+    "DIRECTIONS",
+    "SHAPES",
+    "DemoVideoPipeline",
+    "load_demo_pipeline",
+    "make_video",
+    "parse_prompt",
+]

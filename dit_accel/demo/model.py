@@ -1,0 +1,57 @@
+"""The demo model's parts: its transformer config and its word-level prompt encoder."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import WanTransformer3DModel
+
+from .data import COLOURS, DIRECTIONS, SHAPES
+
+#: A small Wan 2.1-architecture transformer on pixels: 4x4 patches of 3-channel frames.
+TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 4, 4),
+    num_attention_heads=4,
+    attention_head_dim=32,
+    in_channels=3,
+    out_channels=3,
+    text_dim=64,
+    freq_dim=64,
+    ffn_dim=256,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=256,
+)
+VOCABULARY = ("<pad>", "<unk>", "moving", *COLOURS, *SHAPES, *DIRECTIONS)
+MAX_WORDS = 6
+
+
+def build_transformer() -> WanTransformer3DModel:
+    return WanTransformer3DModel(**TRANSFORMER_CONFIG)
+
+
+class DemoPromptEncoder(torch.nn.Module):
+    """Words of the demo vocabulary -> (B, 6, 64) embeddings; no tokenizer, no download.
+
+    Unknown words map to ``<unk>``; the empty prompt (all padding) is the unconditional input.
+    """
+
+    def __init__(self, dim: int = 64) -> None:
+        super().__init__()
+        self.words = torch.nn.Embedding(len(VOCABULARY), dim)
+        self.positions = torch.nn.Parameter(torch.zeros(MAX_WORDS, dim))
+
+    @staticmethod
+    def token_ids(prompts: list[str]) -> torch.Tensor:
+        index = {w: i for i, w in enumerate(VOCABULARY)}
+        ids = torch.zeros(len(prompts), MAX_WORDS, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            words = prompt.lower().replace(",", " ").split()[:MAX_WORDS]
+            ids[row, : len(words)] = torch.tensor([index.get(w, 1) for w in words], dtype=torch.long)
+        return ids
+
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.token_ids(prompts).to(self.positions.device)
+        present = (ids != 0).unsqueeze(-1)
+        return (self.words(ids) + self.positions) * present
