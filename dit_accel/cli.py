@@ -77,8 +77,12 @@ def _add_render(commands) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
+    import logging
+
     from .render import RenderSettings, main_render
 
+    logging.basicConfig(format="dit-accel: %(message)s")
+    logging.getLogger("dit_accel").setLevel(logging.INFO)  # stage messages (draft, refine, baseline)
     settings = RenderSettings(
         model=args.model,
         prompt=args.prompt,

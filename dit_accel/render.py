@@ -237,14 +237,31 @@ def _above_base(s: RenderSettings, resolved: dict) -> bool:
     return resolved["height"] > base[0] or resolved["width"] > base[1]
 
 
-def _freeswim_config(s: RenderSettings, pipe: Any, family: str) -> FreeSwimConfig:
-    options = dict(s.method_options)
-    if s.base_resolution is not None:
-        options["base_resolution"] = s.base_resolution
+#: The demo's 9x8x8 token grid is far smaller than the grids the method defaults are set for:
+#: 32-token blocks, a window3d window of a third of the grid, FreeSwim without a VAE.
+DEMO_METHOD_OPTIONS = {
+    "*": dict(block_size=32),
+    "window3d": dict(window=(3, 4, 4)),
+    "freeswim": dict(vae_scale_factor=1),
+}
+
+
+def method_options(method: str, family: str, s: RenderSettings) -> dict[str, Any]:
+    """The config overrides for ``method``: the user's, on top of the demo's where it applies."""
+    options: dict[str, Any] = {}
     if family == "demo":
-        options.setdefault("vae_scale_factor", 1)
-        options.setdefault("block_size", 64)
-    return FreeSwimConfig(**options)
+        options.update(DEMO_METHOD_OPTIONS["*"])
+        options.update(DEMO_METHOD_OPTIONS.get(method, {}))
+    if method == "dense":
+        return {k: v for k, v in options.items() if k == "block_size"}
+    if method == "freeswim" and s.base_resolution is not None:
+        options["base_resolution"] = s.base_resolution
+    options.update(s.method_options)
+    return options
+
+
+def _freeswim_config(s: RenderSettings, pipe: Any, family: str) -> FreeSwimConfig:
+    return FreeSwimConfig(**method_options("freeswim", family, s))
 
 
 def render(s: RenderSettings) -> dict:
@@ -291,18 +308,10 @@ def render(s: RenderSettings) -> dict:
         pipe.to(device)
 
     def one(method: str) -> dict:
-        options = {} if method == "dense" else dict(s.method_options)
         freeswim_workflow = method == "freeswim" and _above_base(s, resolved)
         if not freeswim_workflow:
-            if method == "freeswim" and s.base_resolution is not None:
-                options["base_resolution"] = s.base_resolution
-            if family == "demo":
-                options.setdefault("block_size", 64)
-                if method == "freeswim":
-                    options.setdefault("vae_scale_factor", 1)
-            enable_sparse_attention(
-                pipe, resolve_config(method if method != "auto" else "window3d", **options)
-            )
+            name = method if method != "auto" else "window3d"
+            enable_sparse_attention(pipe, resolve_config(name, **method_options(name, family, s)))
         timer = _AttentionTimer(pipe)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -326,11 +335,13 @@ def render(s: RenderSettings) -> dict:
         return dict(
             frames=frames,
             wall_seconds=round(seconds, 3),
-            attention_seconds=round(timer.seconds, 3),
+            # The workflow enables FreeSwim on its own refinement pipeline: its attention is not timed.
+            attention_seconds=round(timer.seconds, 3) if not freeswim_workflow else None,
             density=round(report.mean_density, 4) if report is not None else None,
             peak_memory_bytes=_peak_memory_bytes(device),
         )
 
+    logger.info("%s: %s at %dx%d", family, s.method, resolved["height"], resolved["width"])
     main = one(s.method)
     sidecar = dict(
         dit_accel=__version__,
@@ -355,6 +366,7 @@ def render(s: RenderSettings) -> dict:
     if s.compare_dense:
         from .quality import psnr, ssim
 
+        logger.info("rendering the dense baseline from the same seed")
         dense = one("dense")
         sidecar["dense"] = {k: v for k, v in dense.items() if k != "frames"}
         sidecar["speedup_vs_dense"] = round(dense["wall_seconds"] / max(main["wall_seconds"], 1e-9), 3)
@@ -388,11 +400,16 @@ def _save(frames: torch.Tensor, output: Path, fps: int | None, family: str) -> P
     return path
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
 def summary_lines(sidecar: dict) -> list[str]:
     gib = sidecar["peak_memory_bytes"] / 2**30
     lines = [
         f"wrote {sidecar['output']} ({sidecar['frames_written']} frame(s)) and its .json sidecar",
-        f"wall {sidecar['wall_seconds']:.2f} s, attention {sidecar['attention_seconds']:.2f} s, "
+        f"wall {sidecar['wall_seconds']:.2f} s, attention "
+        f"{_seconds(sidecar['attention_seconds'])}, "
         f"density {sidecar['density'] if sidecar['density'] is not None else 'n/a'}, "
         f"peak memory {gib:.2f} GiB",
     ]

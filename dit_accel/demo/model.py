@@ -42,6 +42,14 @@ class DemoPromptEncoder(torch.nn.Module):
         self.words = torch.nn.Embedding(len(VOCABULARY), dim)
         self.positions = torch.nn.Parameter(torch.zeros(MAX_WORDS, dim))
 
+    @property
+    def dtype(self) -> torch.dtype:  # DiffusionPipeline.to() reads these of every component
+        return self.positions.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
     @staticmethod
     def token_ids(prompts: list[str]) -> torch.Tensor:
         index = {w: i for i, w in enumerate(VOCABULARY)}

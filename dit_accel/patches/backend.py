@@ -54,6 +54,7 @@ def _key_padding_from_mask(attn_mask: torch.Tensor | None, batch: int, seq_k: in
     return False, None
 
 
+@torch.compiler.disable
 def dit_accel_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -65,7 +66,13 @@ def dit_accel_attention(
     enable_gqa: bool = False,
     _parallel_config: Any = None,
 ) -> torch.Tensor:
-    """Backend entry point: (batch, seq, heads, head_dim) in, same layout out."""
+    """Backend entry point: (batch, seq, heads, head_dim) in, same layout out.
+
+    Excluded from torch.compile tracing: methods keep Python state (layouts cached per grid, step
+    counters, per-layer statistics) that Dynamo would otherwise trace into, slowly or not at all.
+    Under ``torch.compile`` every attention call is therefore one graph break, and runs eagerly
+    (the Triton kernels are compiled either way); the rest of the transformer is compiled.
+    """
     session = ACTIVE_SESSION.get()
     context = current_context()
     ok, key_padding_mask = _key_padding_from_mask(attn_mask, query.shape[0], key.shape[1])

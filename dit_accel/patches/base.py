@@ -149,9 +149,12 @@ class Installation:
         """Make ``layer`` the current layer context while ``module`` runs (undone on uninstall)."""
         tokens: list = []
 
+        # Hooks set context variables, which torch.compile cannot trace: they run eagerly.
+        @torch.compiler.disable
         def enter(mod, args):
             tokens.append(CURRENT_LAYER.set(layer))
 
+        @torch.compiler.disable
         def leave(mod, args, output):
             if tokens:
                 CURRENT_LAYER.reset(tokens.pop())
@@ -164,6 +167,7 @@ class Installation:
     def _hook_transformer(self) -> None:
         transformer, adapter, session = self.transformer, self.adapter, self.session
 
+        @torch.compiler.disable
         def enter(mod, args, kwargs):
             hidden_states = _argument(mod, args, kwargs, "hidden_states")
             timestep = _argument(mod, args, kwargs, "timestep")
@@ -183,6 +187,7 @@ class Installation:
             )
             self._tokens.append((CURRENT_CALL.set(call), ACTIVE_SESSION.set(session)))
 
+        @torch.compiler.disable
         def leave(mod, args, kwargs, output):
             if self._tokens:
                 call_token, session_token = self._tokens.pop()
