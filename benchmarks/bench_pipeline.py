@@ -213,7 +213,7 @@ def run_case(name, builder, overrides, size, note, *, device, dtype, steps, meth
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             step = timed_call(pipe, dict(call, num_inference_steps=steps), device) / steps
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device == "cuda" else "n/a"
             report = dit_accel.sparse_attention_report(pipe)
             timer = _AttentionTimer(pipe)
             try:
@@ -226,7 +226,7 @@ def run_case(name, builder, overrides, size, note, *, device, dtype, steps, meth
         speedup = f"{dense_step / step:.2f}x" if dense_step else "n/a"
         rows.append(
             f"| {name} | {method} | {step * 1e3:.1f} | {timer.seconds / total:.2f} | {speedup} | "
-            f"{report.mean_density:.3f} | {peak:.1f} | {note} |"
+            f"{report.mean_density:.3f} | {peak} | {note} |"
         )
         print(rows[-1], flush=True)
     return rows
