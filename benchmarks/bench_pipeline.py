@@ -39,33 +39,23 @@ from dit_accel.render import _AttentionTimer  # noqa: E402
 
 METHODS = ["dense", "window3d", "vmoba", "rettention", "rectified"]
 
-# name, tiny builder, transformer class, real config overrides, call size, depth note
+WAN_13B = dict(
+    num_attention_heads=12, attention_head_dim=128, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30
+)
+
+# name, tiny builder, real config overrides of the tiny transformer, call size, depth note
 GPU_CASES = [
     (
         "Wan 2.1 1.3B 480p",
         "wan21",
-        dict(
-            num_attention_heads=12,
-            attention_head_dim=128,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=8960,
-            num_layers=30,
-        ),
+        WAN_13B,
         dict(height=480, width=832, num_frames=81),
         "",
     ),
     (
         "Wan 2.1 1.3B 720p",
         "wan21",
-        dict(
-            num_attention_heads=12,
-            attention_head_dim=128,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=8960,
-            num_layers=30,
-        ),
+        WAN_13B,
         dict(height=720, width=1280, num_frames=81),
         "",
     ),

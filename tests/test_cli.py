@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import tiny_pipelines as tp
+import torch
 
 from dit_accel.cli import main
 
@@ -189,3 +190,32 @@ def test_bench_commands_run_at_toy_sizes(tmp_path, monkeypatch):
     rows = [r for r in table.splitlines() if r.startswith("| wan21")]
     assert [r.split("|")[2].strip() for r in rows] == ["dense", "window3d"]
     assert float(rows[1].split("|")[6]) < 1  # window3d computes fewer blocks than dense
+
+
+def test_out_of_memory_suggests_offload(wan_dir, tmp_path, capsys, monkeypatch):
+    import dit_accel.render as render_module
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(render_module, "_run", exhausted)
+    model, prompt = wan_dir
+    args = [
+        "render",
+        "--model",
+        str(model),
+        "--prompt",
+        prompt,
+        "--height",
+        "160",
+        "--width",
+        "224",
+        "--num-frames",
+        "9",
+        "--steps",
+        "1",
+        "--output",
+        str(tmp_path / "x.mp4"),
+    ]
+    assert main(args) == 2
+    assert "out of memory at 160x224: try --offload model" in capsys.readouterr().err
