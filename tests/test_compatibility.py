@@ -90,3 +90,21 @@ def test_caching_hooks_with_a_stateful_method(cache):
     assert rel(both, dense) <= 2 * (rel(sparse, dense) + rel(cached, dense)) + 1e-6
     # Skipped blocks or steps do not shift the step count: the method sees steps 0..5.
     assert sorted({r["step"] for r in report.records}) == list(range(6))
+
+
+def test_torch_compile_recompiles_only_when_the_grid_changes():
+    from torch._dynamo.utils import counters
+
+    pipe, kwargs = tp.build_wan21()
+    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
+    torch._dynamo.reset()
+    pipe.transformer.compile(backend="aot_eager", dynamic=False)
+    try:
+        graphs = []
+        for size in ((160, 224), (160, 224), (192, 224), (192, 224)):
+            tp.run(pipe, dict(kwargs, height=size[0], width=size[1]))
+            graphs.append(counters["stats"]["unique_graphs"])
+    finally:
+        pipe.disable_sparse_attention()
+        torch._dynamo.reset()
+    assert graphs[1] == graphs[0] and graphs[3] == graphs[2] > graphs[1], graphs
