@@ -75,12 +75,11 @@ def dit_accel_attention(
     """
     session = ACTIVE_SESSION.get()
     context = current_context()
-    ok, key_padding_mask = _key_padding_from_mask(attn_mask, query.shape[0], key.shape[1])
     if _parallel_config is not None:
-        raise NotImplementedError(
-            "dit-accel does not support diffusers context parallelism yet; disable it or call "
-            "disable_sparse_attention()"
+        return _context_parallel(
+            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, _parallel_config
         )
+    ok, key_padding_mask = _key_padding_from_mask(attn_mask, query.shape[0], key.shape[1])
     routable = (
         session is not None
         and context is not None
@@ -101,6 +100,47 @@ def dit_accel_attention(
     if density is not None:  # None: a call the method serves but that is not sparse attention
         session.record(context, density)
     return out
+
+
+def _context_parallel(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, parallel_config):
+    """Ulysses context parallelism: diffusers' all-to-all gives every rank the whole sequence for a
+    subset of the heads, the method runs on that (its layouts are per head), and the output goes
+    back. Ring attention would hand each rank partial key ranges, which a method's layout over the
+    whole sequence cannot serve: it is refused.
+    """
+    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+
+    cp = parallel_config.context_parallel_config
+    if cp is None or cp.ring_degree > 1:
+        raise NotImplementedError(
+            "dit-accel supports Ulysses context parallelism (ContextParallelConfig(ulysses_degree=N)) but "
+            "not ring attention (ring_degree > 1): each rank must see the whole sequence"
+        )
+
+    def forward_op(
+        ctx, q, k, v, mask, dropout, causal, op_scale, gqa, return_lse, _save_ctx=True, _parallel_config=None
+    ):
+        if return_lse:
+            raise NotImplementedError("dit-accel's context-parallel attention does not return LSEs")
+        return dit_accel_attention(q, k, v, mask, dropout, causal, op_scale, gqa)
+
+    def backward_op(*args, **kwargs):
+        raise NotImplementedError("dit-accel attention is inference-only (no backward)")
+
+    return _templated_context_parallel_attention(
+        query,
+        key,
+        value,
+        attn_mask,
+        dropout_p,
+        is_causal,
+        scale,
+        enable_gqa,
+        False,
+        forward_op=forward_op,
+        backward_op=backward_op,
+        _parallel_config=parallel_config,
+    )
 
 
 def _exact_dense(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> torch.Tensor:
@@ -146,6 +186,9 @@ def register_backend() -> Any:
         member = _add_enum_member(names, "DIT_ACCEL", BACKEND_NAME)
     backends[member] = dit_accel_attention
     constraints[member] = []
+    supports_cp = getattr(registry, "_supports_context_parallel", None)
+    if supports_cp is not None:  # Ulysses only; ring attention is refused at call time
+        supports_cp.add(member.value)
     arg_names[member] = set(_parameters(dit_accel_attention))
     if (
         names(BACKEND_NAME) is not member

@@ -65,7 +65,14 @@ class ModelAdapter:
         routed = copy.copy(original)
         routed._attention_backend = backend
         module.processor = routed
-        return lambda: setattr(module, "processor", original)
+
+        def undo() -> None:
+            # Parallelism enabled after us was recorded on our copy; the original must carry it on.
+            if getattr(routed, "_parallel_config", None) is not getattr(original, "_parallel_config", None):
+                original._parallel_config = routed._parallel_config
+            module.processor = original
+
+        return undo
 
 
 class ProcessorSwapAdapter(ModelAdapter):
