@@ -30,7 +30,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, method: str, ring: bool, results) -> None:
+def _worker(rank: int, world: int, port: int, method: str, ring: bool, parallel_first: bool, results) -> None:
     import torch.distributed as dist
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
@@ -74,11 +74,14 @@ def _worker(rank: int, world: int, port: int, method: str, ring: bool, results) 
         dist.destroy_process_group()
 
 
-def _run(method: str, ring: bool = False):
+def _run(method: str, ring: bool = False, parallel_first: bool = False):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, method, ring, results)) for r in range(2)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, 2, port, method, ring, parallel_first, results))
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     try:
@@ -95,6 +98,11 @@ def test_ulysses_equals_one_process(method):
     status, error, density = _run(method)
     assert status == "ok", error
     assert error < 1e-5 and 0 < density < 1, (error, density)
+
+
+def test_parallelism_enabled_first_works_too():
+    status, error, density = _run("window3d", parallel_first=True)
+    assert status == "ok" and error < 1e-5 and density < 1, (status, error, density)
 
 
 def test_ring_attention_is_refused():
