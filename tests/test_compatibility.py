@@ -38,9 +38,21 @@ def test_torch_compile_equals_eager(method, options):
     assert 0 < report.mean_density < 1
 
 
-def test_group_offloading_gives_the_same_output():
+EVERY_METHOD = {
+    "dense": dict(),
+    "window3d": dict(window=(1, 4, 4)),
+    "vmoba": dict(),
+    "rettention": dict(sparsity=0.2),
+    "rectified": dict(dense_steps=0, dense_layers=()),
+    "freeswim": dict(base_resolution=(80, 112)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+def test_group_offloading_gives_the_same_output(method):
     pipe, kwargs = tp.build_wan21()
-    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
+    options = dict(block_size=16, **EVERY_METHOD[method])
+    pipe.enable_sparse_attention(method, **options)
     plain = tp.run(pipe, kwargs)
     pipe.disable_sparse_attention()
     pipe.transformer.enable_group_offload(
@@ -49,7 +61,7 @@ def test_group_offloading_gives_the_same_output():
         offload_type="block_level",
         num_blocks_per_group=1,
     )
-    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
+    pipe.enable_sparse_attention(method, **options)
     offloaded = tp.run(pipe, kwargs)
     pipe.disable_sparse_attention()
     assert torch.equal(offloaded, plain)
@@ -108,3 +120,24 @@ def test_torch_compile_recompiles_only_when_the_grid_changes():
         pipe.disable_sparse_attention()
         torch._dynamo.reset()
     assert graphs[1] == graphs[0] and graphs[3] == graphs[2] > graphs[1], graphs
+
+
+@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+def test_first_block_cache_with_every_method(method):
+    pipe, kwargs = tp.build_wan21()
+    kwargs = dict(kwargs, num_inference_steps=6)
+    dense = tp.run(pipe, kwargs)
+    options = dict(block_size=16, **EVERY_METHOD[method])
+    pipe.enable_sparse_attention(method, **options)
+    sparse = tp.run(pipe, kwargs)
+    pipe.disable_sparse_attention()
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    try:
+        cached = tp.run(pipe, kwargs)
+        pipe.enable_sparse_attention(method, **options)
+        both = tp.run(pipe, kwargs)
+        pipe.disable_sparse_attention()
+    finally:
+        pipe.transformer.disable_cache()
+    assert torch.isfinite(both).all()
+    assert rel(both, dense) <= 2 * (rel(sparse, dense) + rel(cached, dense)) + 1e-6
