@@ -22,6 +22,7 @@ import torch
 
 from . import __version__
 from .config import FreeSwimConfig, resolve_config
+from .sizes import check_frame_size
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +113,10 @@ def pixels_per_token(pipe: Any, family: str) -> int:
 
 
 def check_size(name: str, value: int, multiple: int) -> None:
-    if value % multiple:
-        nearest = max(multiple, round(value / multiple) * multiple)
-        raise RenderError(
-            f"--{name} {value} is not a multiple of {multiple} (this model's pixels per token); "
-            f"the nearest valid {name} is {nearest}"
-        )
+    try:
+        check_frame_size(name, value, multiple)
+    except ValueError as error:
+        raise RenderError(f"--{error}") from None
 
 
 def estimate_cpu_minutes(

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
+from ..sizes import check_frame_size
 from .model import DemoPromptEncoder, build_transformer
 
 WEIGHTS = Path(__file__).parent / "weights" / "demo.safetensors"
@@ -47,12 +48,8 @@ class DemoVideoPipeline(DiffusionPipeline):
         ``video`` (B, F, 3, H, W) in [0, 1] with ``strength`` < 1 refines it instead (SDEdit: noise to
         ``strength``, then denoise the remaining steps).
         """
-        for name, size in (("height", height), ("width", width)):
-            if size % PIXELS_PER_TOKEN:
-                nearest = max(PIXELS_PER_TOKEN, round(size / PIXELS_PER_TOKEN) * PIXELS_PER_TOKEN)
-                raise ValueError(
-                    f"{name}={size} is not a multiple of 4; the nearest valid {name} is {nearest}"
-                )
+        check_frame_size("height", height, PIXELS_PER_TOKEN)
+        check_frame_size("width", width, PIXELS_PER_TOKEN)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         device, dtype = self.transformer.device, self.transformer.dtype
         cond = self.prompt_encoder(prompts).to(device, dtype)

@@ -31,7 +31,7 @@ from ..context import CURRENT_CALL, AttentionContext, CallContext, LayerContext
 from ..kernels import BlockLayout, ElementMask, block_sparse_attention, dense_attention, num_blocks
 from .base import SparseMethod
 from .freeswim_layout import window_layout
-from .joint import split_joint
+from .joint import keys_with_text, split_joint
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class FreeSwim(SparseMethod):
         self._cache_device: torch.device | None = None
         self._cached: dict[str, set[str]] = {}  # layers with a stored output, per transformer
         self._logged_dense_axes: set[tuple] = set()
+        self._joint_layouts: dict[tuple, tuple] = {}  # experimental joint models, per grid
 
     # ------------------------------------------------------------------------------ settings
     def attention_scale(self, head_dim: int) -> float:
@@ -156,8 +157,13 @@ class FreeSwim(SparseMethod):
         layout, element_mask, kv_partial = wl.layout, wl.element_mask, wl.kv_partial
         key_ok = video_ok
         if split.num_text:  # experimental joint models: every text key, text queries dense
-            layout, element_mask, kv_partial, kv, vv, key_ok = _with_text_keys(
-                wl, kv, vv, k[:, split.text], v[:, split.text], video_ok, key_padding_mask, split
+            key = (grid, window, cfg.inward, cfg.order, cfg.block_size, q.device, split.num_text)
+            if key not in self._joint_layouts:
+                self._joint_layouts[key] = _joint_layout(wl, split.num_text)
+            layout, element_mask, kv_partial = self._joint_layouts[key]
+            text_ok = None if key_padding_mask is None else key_padding_mask[:, split.text]
+            kv, vv, key_ok = keys_with_text(
+                kv, vv, k[:, split.text], v[:, split.text], video_ok, text_ok, cfg.block_size
             )
         out = block_sparse_attention(
             qv,
@@ -295,54 +301,25 @@ def _double_batch(transformer: torch.nn.Module, method: FreeSwim) -> Callable[[]
     return undo
 
 
-def _with_text_keys(wl, kv, vv, text_k, text_v, video_ok, key_padding_mask, split):
-    """Experimental joint models: append every text key to every query tile of the window layout.
+def _joint_layout(wl, n_text: int) -> tuple[BlockLayout, ElementMask, torch.Tensor]:
+    """Experimental joint models: the window layout with every text key block appended to every
+    query tile (text keys start on a tile boundary, see ``keys_with_text``).
 
-    Video keys are padded to whole tiles so text keys start on a tile boundary; the predicate is
-    never evaluated on text tiles (not flagged), so its key coordinates there are placeholders.
+    The predicate is never evaluated on text tiles (not flagged), so its key coordinates there are
+    placeholders. Static per grid: the method caches the result.
     """
-    batch, n_video = kv.shape[0], kv.shape[1]
     bs = wl.layout.block_size_k
-    padded = num_blocks(n_video, bs) * bs
-    pad = padded - n_video
-
-    def pad_tokens(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, x.new_zeros(batch, pad, *x.shape[2:])], dim=1) if pad else x
-
-    n_text = text_k.shape[1]
-    n_text_blocks = num_blocks(n_text, bs)
     mask = wl.layout.to_block_mask()
-    mask = torch.cat(
-        [mask, torch.ones(*mask.shape[:3], n_text_blocks, dtype=torch.bool, device=mask.device)], -1
-    )
-    layout = BlockLayout.from_block_mask(mask, wl.layout.block_size_q, bs)
+    text_blocks = torch.ones(*mask.shape[:3], num_blocks(n_text, bs), dtype=torch.bool, device=mask.device)
+    layout = BlockLayout.from_block_mask(torch.cat([mask, text_blocks], -1), wl.layout.block_size_q, bs)
+    partial = torch.zeros(layout.num_q_blocks, layout.num_k_blocks + 1, dtype=torch.bool, device=mask.device)
+    valid = torch.arange(wl.layout.width, device=mask.device) < wl.layout.kv_counts[0, 0, :, None]
+    spare = layout.num_k_blocks  # entries that set nothing go to a spare last column
+    target = torch.where(valid & wl.kv_partial[0, 0], wl.layout.kv_indices[0, 0].long(), spare)
+    partial.scatter_(1, target, True)  # the video tiles that need the predicate; text tiles never
     q_block = torch.arange(layout.num_q_blocks, device=mask.device).view(1, 1, -1, 1)
-    old_partial = torch.zeros_like(mask)
-    old_partial[..., : wl.layout.num_k_blocks] = _partial_matrix(wl)
-    kv_partial = old_partial[0, 0][q_block, layout.kv_indices.long()]
+    kv_partial = partial[q_block, layout.kv_indices.long()]
     em = wl.element_mask
-    k_coord = torch.cat([em.k_coord, em.k_coord.new_zeros(em.ndim, pad + n_text)], dim=1)
-    element_mask = ElementMask(em.q_lo, em.q_hi, k_coord, em.kind)
-    video_valid = torch.ones(batch, padded, dtype=torch.bool, device=kv.device)
-    video_valid[:, n_video:] = False
-    if video_ok is not None:
-        video_valid[:, :n_video] = video_ok
-    text_ok = (
-        key_padding_mask[:, split.text]
-        if key_padding_mask is not None
-        else torch.ones(batch, n_text, dtype=torch.bool, device=kv.device)
-    )
-    keys = torch.cat([pad_tokens(kv), text_k], dim=1)
-    values = torch.cat([pad_tokens(vv), text_v], dim=1)
-    return layout, element_mask, kv_partial, keys, values, torch.cat([video_valid, text_ok], dim=1)
-
-
-def _partial_matrix(wl) -> torch.Tensor:
-    """bool (n_q_blocks, n_k_blocks): the visited tiles of ``wl`` that need the predicate."""
-    layout = wl.layout
-    n_q, n_k = layout.num_q_blocks, layout.num_k_blocks
-    out = torch.zeros(n_q, n_k + 1, dtype=torch.bool, device=layout.device)
-    valid = torch.arange(layout.width, device=layout.device) < layout.kv_counts[0, 0, :, None]
-    target = torch.where(valid & wl.kv_partial[0, 0], layout.kv_indices[0, 0].long(), n_k)
-    out.scatter_(1, target, True)
-    return out[:, :n_k]
+    placeholders = num_blocks(em.seq_k, bs) * bs - em.seq_k + n_text
+    k_coord = torch.cat([em.k_coord, em.k_coord.new_zeros(em.ndim, placeholders)], dim=1)
+    return layout, ElementMask(em.q_lo, em.q_hi, k_coord, em.kind), kv_partial

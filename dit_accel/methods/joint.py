@@ -38,3 +38,39 @@ def split_joint(seq_len: int, call: CallContext) -> JointSplit:
     if call.text_position == "first":
         return JointSplit(slice(n_text, seq_len), slice(0, n_text), n_text)
     return JointSplit(slice(0, n_video), slice(n_video, seq_len), n_text)
+
+
+def keys_with_text(
+    video_k: torch.Tensor,
+    video_v: torch.Tensor,
+    text_k: torch.Tensor,
+    text_v: torch.Tensor,
+    video_ok: torch.Tensor | None,
+    text_ok: torch.Tensor | None,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys and values ``[video padded to whole blocks, text]`` and their validity (B, L).
+
+    Padding the video keys makes the text keys start on a block boundary, so a key block is either
+    video or text and a layout can list "every text block"; the padding slots are invalid keys.
+    ``video_ok`` / ``text_ok``: bool (B, N) or None (all valid). ``text_k`` may have no tokens.
+    """
+    batch, n_video = video_k.shape[:2]
+    padded = -(-n_video // block_size) * block_size
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        extra = padded - n_video
+        return torch.cat([x, x.new_zeros(batch, extra, *x.shape[2:])], dim=1) if extra else x
+
+    valid = torch.zeros(batch, padded, dtype=torch.bool, device=video_k.device)
+    valid[:, :n_video] = True if video_ok is None else video_ok
+    text_valid = (
+        text_ok
+        if text_ok is not None
+        else torch.ones(batch, text_k.shape[1], dtype=torch.bool, device=video_k.device)
+    )
+    return (
+        torch.cat([pad(video_k), text_k], dim=1),
+        torch.cat([pad(video_v), text_v], dim=1),
+        torch.cat([valid, text_valid], dim=1),
+    )

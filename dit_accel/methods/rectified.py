@@ -23,7 +23,7 @@ from ..context import AttentionContext, CallContext
 from ..kernels import BlockLayout, attention_with_stats, block_sparse_attention, dense_attention, num_blocks
 from .base import SparseMethod
 from .curve_order import block_neighbours, curve_order
-from .joint import split_joint
+from .joint import keys_with_text, split_joint
 from .rectified_pooling import (
     PooledBlocks,
     estimated_block_mass,
@@ -49,14 +49,6 @@ class BlockSelection:
     mass: torch.Tensor
     pooled_q: PooledBlocks
     pooled_k: PooledBlocks
-
-
-def _pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad dim 1 of (B, N, ...) to ``length``."""
-    pad = length - x.shape[1]
-    if pad == 0:
-        return x
-    return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
 
 
 def _per_row(per_block: torch.Tensor, block_size: int, rows: int) -> torch.Tensor:
@@ -106,7 +98,7 @@ class RectifiedSpaAttn(SparseMethod):
         cfg, call = self.config, context.call
         split = split_joint(q.shape[1], call)
         order = curve_order(call.grid, q.device)
-        batch, n_video, dim = q.shape[0], call.num_video_tokens, q.shape[3]
+        n_video, dim = call.num_video_tokens, q.shape[3]
         bs = cfg.block_size
         n_v = num_blocks(n_video, bs)
         scale = dim**-0.5 if scale is None else scale
@@ -119,13 +111,9 @@ class RectifiedSpaAttn(SparseMethod):
         text_k = k[:, split.text] if split.num_text else None
 
         sel = self.select(qv, kv, video_ok, text_k, text_ok, call, scale)
-        key_valid = torch.zeros(batch, n_v * bs, dtype=torch.bool, device=q.device)
-        key_valid[:, :n_video] = True if video_ok is None else video_ok
-        if split.num_text:
-            text_valid = torch.ones(batch, split.num_text, dtype=torch.bool, device=q.device)
-            key_valid = torch.cat([key_valid, text_valid if text_ok is None else text_ok], dim=1)
-        keys = torch.cat([_pad_tokens(kv, n_v * bs), k[:, split.text]], dim=1)
-        values = torch.cat([_pad_tokens(vv, n_v * bs), v[:, split.text]], dim=1)
+        keys, values, key_valid = keys_with_text(
+            kv, vv, k[:, split.text], v[:, split.text], video_ok, text_ok, bs
+        )
         masks = dict(scale=scale, key_padding_mask=key_valid, backend=cfg.kernel_backend)
         if not (cfg.ipar or cfg.gapr):
             out = block_sparse_attention(qv, keys, values, sel.layout, **masks)

@@ -18,6 +18,7 @@ import torch
 
 from ..api import _sessions, disable_sparse_attention, enable_sparse_attention
 from ..config import FreeSwimConfig
+from ..sizes import check_frame_size, nearest_valid_size
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +31,6 @@ class FreeSwimResult:
 
     frames: Any
     draft: torch.Tensor
-
-
-def nearest_valid_size(size: int, multiple: int = 16) -> int:
-    """The multiple of ``multiple`` nearest to ``size`` (1080 -> 1088), at least ``multiple``."""
-    return max(multiple, round(size / multiple) * multiple)
-
-
-def _check_size(name: str, size: int, multiple: int) -> None:
-    if size % multiple:
-        raise ValueError(
-            f"{name}={size} is not a multiple of {multiple} (VAE stride x patch size); the nearest valid "
-            f"{name} is {nearest_valid_size(size, multiple)}"
-        )
 
 
 def freeswim_cache_bytes(
@@ -104,8 +92,8 @@ def freeswim_generate(
             "(the workflow renders the draft with the stock pipeline and enables FreeSwim for the refinement)"
         )
     multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
-    _check_size("height", height, multiple)
-    _check_size("width", width, multiple)
+    check_frame_size("height", height, multiple)
+    check_frame_size("width", width, multiple)
     base_h, base_w = config.base_resolution
     if isinstance(pipe, DemoVideoPipeline):  # pixel space: the pipeline refines a video itself
         return _demo_workflow(
