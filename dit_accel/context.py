@@ -4,12 +4,21 @@ diffusers calls the attention backend with tensors only. What a method also need
 grid, where text sits, the denoising step, the CFG branch, which layer) is read by hooks on the
 transformer and its attention modules and parked here for the duration of the call. Context
 variables rather than globals so that threads and async pipelines cannot see each other's calls.
+
+Which *layer* runs is the exception: it must be visible to ``torch.compile`` while it traces a
+transformer block, and Dynamo cannot trace context variables. Each routed module therefore carries
+a small CPU tensor naming its layer, and forward hooks keep a per-thread stack of those tensors
+that Dynamo can trace (see ``enter_layer``).
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -74,3 +83,67 @@ def current_context() -> AttentionContext | None:
     if call is None or layer is None:
         return None
     return AttentionContext(call, layer)
+
+
+# ---------------------------------------------------------------------------- layer identity
+#: The attribute of a routed module that holds its layer key (a 0-d int64 CPU tensor).
+LAYER_KEY_ATTR = "_dit_accel_layer_key"
+
+_LAYERS: dict[int, LayerContext] = {}
+_NEXT_KEY = itertools.count()
+_RUNNING = threading.local()
+
+
+def register_layer(layer: LayerContext) -> torch.Tensor:
+    """A new key for ``layer``: a tensor, so compiled code takes it as an input, not a constant.
+
+    A constant would differ per block and make ``torch.compile`` build one graph per block.
+    """
+    key = next(_NEXT_KEY)
+    _LAYERS[key] = layer
+    return torch.tensor(key, dtype=torch.int64)
+
+
+def unregister_layer(key: torch.Tensor) -> None:
+    _LAYERS.pop(int(key), None)
+
+
+def layer_of(key: torch.Tensor | None) -> LayerContext | None:
+    """The layer a key names, or None (no key, or a key from an uninstalled model)."""
+    return None if key is None else _LAYERS.get(int(key))
+
+
+def _running_layers() -> list:
+    stack = getattr(_RUNNING, "stack", None)
+    if stack is None:
+        stack = _RUNNING.stack = []
+    return stack
+
+
+def enter_layer(module: torch.nn.Module, args: tuple) -> None:
+    """Forward pre-hook of a routed module: its layer key goes on this thread's stack.
+
+    One function for every module, reading the key from the module: Dynamo guards on the hook
+    functions it traces, so per-module closures would cost one compiled graph per block.
+    """
+    _running_layers().append(getattr(module, LAYER_KEY_ATTR))
+
+
+def leave_layer(module: torch.nn.Module, args: tuple, output: object) -> None:
+    """Forward hook of a routed module. Not ``always_call`` (Dynamo guards on the hook id of those,
+    one graph per block again); a forward that raises leaves its key, which ``clear_layers`` drops."""
+    stack = _running_layers()
+    if stack:
+        stack.pop()
+
+
+def clear_layers() -> None:
+    """Forget keys left by a forward that raised; called when a transformer call starts (in place:
+    compiled code is specialised to the list object)."""
+    _running_layers().clear()
+
+
+def running_layer_key() -> torch.Tensor | None:
+    """The key of the innermost routed module running on this thread, or None."""
+    stack = _running_layers()
+    return stack[-1] if stack else None

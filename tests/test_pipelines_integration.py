@@ -8,6 +8,7 @@ import torch
 
 import dit_accel
 from dit_accel import DenseConfig, Window3DConfig
+from dit_accel.context import LAYER_KEY_ATTR
 
 NAMES = list(tp.BUILDERS)
 
@@ -79,13 +80,18 @@ def test_small_window_is_sparse_and_finite(built):
 def test_disable_restores_bit_identical_outputs(built):
     name, pipe, kwargs, stock = built
     processors = {n: m.processor for n, m in pipe.transformer.named_modules() if hasattr(m, "processor")}
+    state_keys = list(pipe.transformer.state_dict())
     pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
     tp.run(pipe, kwargs)
+    assert list(pipe.transformer.state_dict()) == state_keys  # layer keys are not weights
     pipe.disable_sparse_attention()
     assert torch.equal(tp.run(pipe, kwargs), stock)
     after = {n: m.processor for n, m in pipe.transformer.named_modules() if hasattr(m, "processor")}
     assert all(after[n] is p for n, p in processors.items())
     assert not pipe.transformer._forward_pre_hooks and not pipe.transformer._forward_hooks
+    for module in pipe.transformer.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+        assert not hasattr(module, LAYER_KEY_ATTR)
     assert "cache_context" not in vars(pipe.transformer)
 
 

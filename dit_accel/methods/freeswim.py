@@ -207,7 +207,7 @@ class FreeSwim(SparseMethod):
             return torch.cat([out, out])
         entry = self.state.get(*key).get("out") if self.config.cache and call.cfg_branch != "uncond" else None
         if entry is not None and entry.shape[0] == q.shape[0]:
-            return entry.to(q.device, non_blocking=True)
+            return entry.to(q.device, non_blocking=True, copy=True)  # a fresh tensor, never the cache
         return dense_attention(q, k, v, scale=scale)
 
     def _has_cache(self, call: CallContext) -> bool:
@@ -261,42 +261,52 @@ def _host_available_bytes() -> int | None:
 
 
 def _double_batch(transformer: torch.nn.Module, method: FreeSwim) -> Callable[[], None]:
-    """Wrap ``transformer.forward``: on dual-path calls, run window and full items in one batch.
+    """Hook the transformer call: on dual-path calls, run window and full items in one batch.
 
     Every tensor argument whose first dimension is the latent batch is repeated (hidden states,
-    timesteps, text and image embeddings); the output keeps the first half.
+    timesteps, text and image embeddings); the output keeps the first half. Forward hooks rather
+    than a wrapped ``forward``: they run outside a compiled transformer (the decision and the flag
+    live in context variables, which Dynamo cannot trace), so compiling adds no graph break.
     """
     import inspect
 
-    original = transformer.forward
-    signature = inspect.signature(original)
-    had_instance_attr = "forward" in vars(transformer)
+    signature = inspect.signature(transformer.forward)
+    running: list[tuple[Any, int] | None] = []  # per call in progress: (flag token, batch) or None
 
-    def forward(*args: Any, **kwargs: Any) -> Any:
+    @torch.compiler.disable
+    def enter(mod: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if not method.wants_dual(CURRENT_CALL.get()):
-            return original(*args, **kwargs)
+            running.append(None)
+            return None
         bound = signature.bind(*args, **kwargs)
         batch = bound.arguments["hidden_states"].shape[0]
         for name, value in bound.arguments.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
                 bound.arguments[name] = torch.cat([value, value])
-        token = DUAL_PATH.set(True)
-        try:
-            output = original(*bound.args, **bound.kwargs)
-        finally:
-            DUAL_PATH.reset(token)
+        running.append((DUAL_PATH.set(True), batch))
+        return bound.args, bound.kwargs
+
+    @torch.compiler.disable
+    def leave(mod: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        entry = running.pop() if running else None
+        if entry is None:
+            return None
+        token, batch = entry
+        DUAL_PATH.reset(token)
+        if output is None:  # the forward raised
+            return None
         if isinstance(output, tuple):
             return (output[0][:batch], *output[1:])
         output.sample = output.sample[:batch]
         return output
 
-    transformer.forward = forward
+    # Registered after the session's hooks: the call context is set when ``enter`` runs.
+    pre = transformer.register_forward_pre_hook(enter, with_kwargs=True)
+    post = transformer.register_forward_hook(leave, with_kwargs=True, always_call=True)
 
     def undo() -> None:
-        if had_instance_attr:
-            transformer.forward = original
-        else:
-            del transformer.forward
+        pre.remove()
+        post.remove()
 
     return undo
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..context import current_context
+from ..context import CURRENT_CALL, CURRENT_LAYER, AttentionContext, layer_of, running_layer_key
 from ..kernels import dense_attention
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ def _key_padding_from_mask(attn_mask: torch.Tensor | None, batch: int, seq_k: in
     return False, None
 
 
-@torch.compiler.disable
 def dit_accel_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -68,45 +67,81 @@ def dit_accel_attention(
 ) -> torch.Tensor:
     """Backend entry point: (batch, seq, heads, head_dim) in, same layout out.
 
-    Excluded from torch.compile tracing: methods keep Python state (layouts cached per grid, step
-    counters, per-layer statistics) that Dynamo would otherwise trace into, slowly or not at all.
-    Under ``torch.compile`` every attention call is therefore one graph break, and runs eagerly
-    (the Triton kernels are compiled either way); the rest of the transformer is compiled.
+    Under ``torch.compile`` the call becomes one opaque custom op, ``dit_accel::attention``: methods
+    keep Python state (layouts cached per grid, step counters, per-layer statistics) that Dynamo
+    must not trace, and the op keeps all of it out of the graph without a graph break. The layer
+    arrives as a key tensor (an input of the graph, so one graph serves every block); the call
+    context is read when the op runs.
     """
-    session = ACTIVE_SESSION.get()
-    context = current_context()
+    layer_key = running_layer_key()
+    args = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer_key)
     if _parallel_config is not None:
-        return _context_parallel(
-            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, _parallel_config
-        )
-    ok, key_padding_mask = _key_padding_from_mask(attn_mask, query.shape[0], key.shape[1])
-    routable = (
-        session is not None
-        and context is not None
-        and ok
-        and dropout_p == 0.0
-        and not is_causal
-        and query.shape[2] == key.shape[2]
-    )
-    if not routable:
-        if session is not None and context is not None:
-            session.note_fallback(
-                context.layer.name, "unsupported attention arguments (mask, dropout, causal or GQA)"
-            )
+        return _context_parallel(*args, _parallel_config)
+    if torch.compiler.is_compiling():
+        return torch.ops.dit_accel.attention(*args)
+    return _attention(*args)
+
+
+def _attention(
+    query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer_key
+) -> torch.Tensor:
+    """Hand the call to the session's method, or compute exactly what diffusers would."""
+    session, call, layer = ACTIVE_SESSION.get(), CURRENT_CALL.get(), layer_of(layer_key)
+    if session is None or call is None or layer is None:
         return _exact_dense(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    out, density = session.method(
-        query, key, value, scale=scale, key_padding_mask=key_padding_mask, context=context
-    )
+    context = AttentionContext(call, layer)
+    ok, key_padding_mask = _key_padding_from_mask(attn_mask, query.shape[0], key.shape[1])
+    if not (ok and dropout_p == 0.0 and not is_causal and query.shape[2] == key.shape[2]):
+        session.note_fallback(layer.name, "unsupported attention arguments (mask, dropout, causal or GQA)")
+        return _exact_dense(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    token = CURRENT_LAYER.set(layer)
+    try:
+        out, density = session.method(
+            query, key, value, scale=scale, key_padding_mask=key_padding_mask, context=context
+        )
+    finally:
+        CURRENT_LAYER.reset(token)
     if density is not None:  # None: a call the method serves but that is not sparse attention
         session.record(context, density)
     return out
 
 
-def _context_parallel(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, parallel_config):
+# Not capturable in a CUDA graph: the op runs Python (step counters, layouts per grid, records)
+# that a graph replay would skip. The tag makes torch.compile's "reduce-overhead" mode leave it out.
+_OP_TAGS = tuple(tag for tag in (getattr(torch.Tag, "cudagraph_unsafe", None),) if tag is not None)
+
+
+@torch.library.custom_op("dit_accel::attention", mutates_args=(), tags=_OP_TAGS)
+def _attention_op(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+    layer_key: torch.Tensor | None,
+) -> torch.Tensor:
+    # Contiguous: the layout the fake implementation promises the compiler. Methods return fresh
+    # tensors, never their state, which compiled code may reuse as a buffer and write into.
+    out = _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer_key)
+    return out.contiguous()
+
+
+@_attention_op.register_fake
+def _(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer_key):
+    return query.new_empty((*query.shape[:-1], value.shape[-1]))
+
+
+@torch.compiler.disable
+def _context_parallel(
+    query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer_key, parallel_config
+):
     """Ulysses context parallelism: diffusers' all-to-all gives every rank the whole sequence for a
     subset of the heads, the method runs on that (its layouts are per head), and the output goes
     back. Ring attention would hand each rank partial key ranges, which a method's layout over the
-    whole sequence cannot serve: it is refused.
+    whole sequence cannot serve: it is refused. Runs eagerly (a graph break under compile).
     """
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
@@ -122,7 +157,7 @@ def _context_parallel(query, key, value, attn_mask, dropout_p, is_causal, scale,
     ):
         if return_lse:
             raise NotImplementedError("dit-accel's context-parallel attention does not return LSEs")
-        return dit_accel_attention(q, k, v, mask, dropout, causal, op_scale, gqa)
+        return _attention(q, k, v, mask, dropout, causal, op_scale, gqa, layer_key)
 
     def backward_op(*args, **kwargs):
         raise NotImplementedError("dit-accel attention is inference-only (no backward)")

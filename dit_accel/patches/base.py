@@ -17,7 +17,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..context import CURRENT_BRANCH, CURRENT_CALL, CURRENT_LAYER, CallContext, LayerContext
+from ..context import (
+    CURRENT_BRANCH,
+    CURRENT_CALL,
+    LAYER_KEY_ATTR,
+    CallContext,
+    LayerContext,
+    clear_layers,
+    enter_layer,
+    leave_layer,
+    register_layer,
+    unregister_layer,
+)
 from .backend import ACTIVE_SESSION, IntegrationError, register_backend
 
 
@@ -153,29 +164,34 @@ class Installation:
         self.layers.clear()
 
     def hook_layer(self, module: torch.nn.Module, layer: LayerContext) -> None:
-        """Make ``layer`` the current layer context while ``module`` runs (undone on uninstall)."""
-        tokens: list = []
+        """Make ``layer`` the running layer while ``module`` runs (undone on uninstall).
 
-        # Hooks set context variables, which torch.compile cannot trace: they run eagerly.
-        @torch.compiler.disable
-        def enter(mod, args):
-            tokens.append(CURRENT_LAYER.set(layer))
+        The hooks are traceable by ``torch.compile`` (no graph break in a compiled block); the
+        layer reaches the attention backend as the module's key tensor (``context.enter_layer``).
+        """
+        if hasattr(module, LAYER_KEY_ATTR):
+            raise IntegrationError(f"{layer.name} is already routed by dit-accel")
+        key = register_layer(layer)
+        setattr(module, LAYER_KEY_ATTR, key)
+        pre = module.register_forward_pre_hook(enter_layer)
+        post = module.register_forward_hook(leave_layer)
 
-        @torch.compiler.disable
-        def leave(mod, args, output):
-            if tokens:
-                CURRENT_LAYER.reset(tokens.pop())
+        def undo() -> None:
+            pre.remove()
+            post.remove()
+            delattr(module, LAYER_KEY_ATTR)
+            unregister_layer(key)
 
-        pre = module.register_forward_pre_hook(enter)
-        post = module.register_forward_hook(leave, always_call=True)
-        self._undo.append(pre.remove)
-        self._undo.append(post.remove)
+        self._undo.append(undo)
 
     def _hook_transformer(self) -> None:
         transformer, adapter, session = self.transformer, self.adapter, self.session
 
+        # Reads the timestep on the host and sets context variables, which Dynamo cannot trace: runs
+        # eagerly (under a whole-transformer compile, a graph break at each end of the call).
         @torch.compiler.disable
         def enter(mod, args, kwargs):
+            clear_layers()
             hidden_states = _argument(mod, args, kwargs, "hidden_states")
             timestep = _argument(mod, args, kwargs, "timestep")
             branch = CURRENT_BRANCH.get()
