@@ -8,10 +8,19 @@ share one graph.
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
+
 import pytest
 import tiny_pipelines as tp
 import torch
-from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+from diffusers.hooks import (
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
+)
 
 import dit_accel  # noqa: F401  (adds enable_sparse_attention to pipelines)
 from dit_accel.config import resolve_config
@@ -263,3 +272,55 @@ def test_first_block_cache_with_every_method(method):
         pipe.transformer.disable_cache()
     assert torch.isfinite(both).all()
     assert rel(both, dense) <= 2 * (rel(sparse, dense) + rel(cached, dense)) + 1e-6
+
+
+def _mag_ratios(pipe, kwargs) -> list[float]:
+    """MagCache's calibration run (dense, nothing skipped); it prints the ratios per CFG branch."""
+    pipe.transformer.enable_cache(
+        MagCacheConfig(calibrate=True, num_inference_steps=kwargs["num_inference_steps"])
+    )
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            tp.run(pipe, kwargs)
+    finally:
+        pipe.transformer.disable_cache()
+    lists = [ast.literal_eval(line) for line in printed.getvalue().splitlines() if line.startswith("[1")]
+    assert lists and len(lists[0]) == kwargs["num_inference_steps"], printed.getvalue()
+    return lists[0]
+
+
+@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+def test_mag_cache_with_every_method(method):
+    """MagCache skips whole steps' blocks; the methods' step count follows the pipeline's steps."""
+    pipe, kwargs = tp.build_wan21()
+    steps = 8
+    kwargs = dict(kwargs, num_inference_steps=steps)
+    dense = tp.run(pipe, kwargs)
+    options = dict(block_size=16, **EVERY_METHOD[method])
+    pipe.enable_sparse_attention(method, **options)
+    sparse = tp.run(pipe, kwargs)
+    pipe.disable_sparse_attention()
+    config = MagCacheConfig(threshold=0.05, num_inference_steps=steps, mag_ratios=_mag_ratios(pipe, kwargs))
+    ran: list[int] = []  # denoising steps at which the blocks ran
+
+    def block_ran(module, args):
+        ran.append(list(pipe.scheduler.timesteps).index(pipe.current_timestep))
+
+    hook = pipe.transformer.blocks[0].norm2.register_forward_pre_hook(block_ran)
+    pipe.transformer.enable_cache(config)
+    try:
+        cached = tp.run(pipe, kwargs)
+        cached_calls = len(ran)
+        ran.clear()
+        pipe.enable_sparse_attention(method, **options)
+        both = tp.run(pipe, kwargs)
+        report = pipe.sparse_attention_report()
+        pipe.disable_sparse_attention()
+    finally:
+        pipe.transformer.disable_cache()
+        hook.remove()
+    assert cached_calls < 2 * steps  # MagCache did skip
+    assert torch.isfinite(both).all()
+    assert rel(both, dense) <= 2 * (rel(sparse, dense) + rel(cached, dense)) + 1e-6
+    assert {r["step"] for r in report.records} == set(ran)

@@ -187,8 +187,8 @@ class Installation:
     def _hook_transformer(self) -> None:
         transformer, adapter, session = self.transformer, self.adapter, self.session
 
-        # Reads the timestep on the host and sets context variables, which Dynamo cannot trace: runs
-        # eagerly (under a whole-transformer compile, a graph break at each end of the call).
+        # Reads the timestep on the host and sets context variables, which Dynamo cannot trace. Hooks
+        # of the compiled module itself run outside its graph, so this costs no graph break.
         @torch.compiler.disable
         def enter(mod, args, kwargs):
             clear_layers()
