@@ -1,10 +1,19 @@
-"""Fidelity of a sparse render to the dense one: PSNR and SSIM on frames in [0, 1]."""
+"""Fidelity of a sparse result to the dense one: relative L2 on any tensor, PSNR and SSIM on frames."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+
+def relative_l2(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """||output - reference|| / ||reference|| in float64; NaN when either holds a non-finite value,
+    so that a comparison against a tolerance never passes on NaN."""
+    if not (torch.isfinite(output).all() and torch.isfinite(reference).all()):
+        return math.nan
+    out, ref = output.double(), reference.double()
+    return float((out - ref).norm() / ref.norm())
 
 
 def psnr(output: torch.Tensor, reference: torch.Tensor, peak: float | None = None) -> float:

@@ -17,12 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import tiny_pipelines as tp  # noqa: E402
 
 import dit_accel  # noqa: E402, F401
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return float("nan")
-    return float((a.double() - b.double()).norm() / b.double().norm())
+from dit_accel.quality import relative_l2 as rel  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,19 +58,28 @@ def dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
-def test_compiled_transformer_equals_eager_without_graph_breaks(method, dynamo):
-    pipe, kwargs = tp.build_wan21()
-    pipe.enable_sparse_attention(method, block_size=16, **EVERY_METHOD[method])
+def _eager_then_compiled(pipe, kwargs, compile_transformer, method: str, **options) -> tuple[list, object]:
+    """Run eagerly, compile with ``compile_transformer(transformer)``, run again: the compiled
+    output must equal the eager one. Returns the eager records and the compiled run's report."""
+    pipe.enable_sparse_attention(method, block_size=16, **options)
     eager = tp.run(pipe, kwargs)
     eager_records = _records(pipe.sparse_attention_report())
-    pipe.transformer.compile(backend="aot_eager")
+    compile_transformer(pipe.transformer)
     try:
         compiled = tp.run(pipe, kwargs)
         report = pipe.sparse_attention_report()
     finally:
         pipe.disable_sparse_attention()
     assert torch.isfinite(compiled).all() and rel(compiled, eager) < 1e-6
+    return eager_records, report
+
+
+@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+def test_compiled_transformer_equals_eager_without_graph_breaks(method, dynamo):
+    pipe, kwargs = tp.build_wan21()
+    eager_records, report = _eager_then_compiled(
+        pipe, kwargs, lambda t: t.compile(backend="aot_eager"), method, **EVERY_METHOD[method]
+    )
     assert dict(dynamo["graph_break"]) == {}
     assert dynamo["stats"]["unique_graphs"] >= 1  # it did compile
     # Every routed layer reported under its own name at every step, as in eager mode.
@@ -81,38 +90,29 @@ def test_compiled_transformer_equals_eager_without_graph_breaks(method, dynamo):
 def test_regionally_compiled_blocks_share_one_graph_without_breaks(method, dynamo):
     """diffusers' regional compilation with ``fullgraph=True``: a graph break would raise."""
     pipe, kwargs = tp.build_wan21()
-    pipe.enable_sparse_attention(method, block_size=16, **EVERY_METHOD[method])
-    eager = tp.run(pipe, kwargs)
-    pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
-    try:
-        compiled = tp.run(pipe, kwargs)
-        report = pipe.sparse_attention_report()
-    finally:
-        pipe.disable_sparse_attention()
-    assert torch.isfinite(compiled).all() and rel(compiled, eager) < 1e-6
+    _, report = _eager_then_compiled(
+        pipe,
+        kwargs,
+        lambda t: t.compile_repeated_blocks(fullgraph=True, backend="aot_eager"),
+        method,
+        **EVERY_METHOD[method],
+    )
     # One graph for all blocks: the layer is a graph input, not a per-block constant.
     assert dynamo["stats"]["unique_graphs"] == 1
     assert {r["layer"] for r in report.records} == {f"blocks.{i}.attn1" for i in range(2)}
 
 
+def _compile_blocks(transformer) -> None:
+    """Regional compilation by hand, for families without ``_repeated_blocks``."""
+    for name in ("transformer_blocks", "single_transformer_blocks"):
+        for block in getattr(transformer, name, ()):
+            block.compile(fullgraph=True, backend="aot_eager")
+
+
 @pytest.mark.parametrize("family", ["hunyuan_video", "cogvideox", "pixart_alpha"])
 def test_compiled_blocks_without_breaks_in_every_family(family, dynamo):
     pipe, kwargs = tp.BUILDERS[family]()
-    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
-    eager = tp.run(pipe, kwargs)
-    blocks = [
-        block
-        for name in ("transformer_blocks", "single_transformer_blocks")
-        for block in getattr(pipe.transformer, name, ())
-    ]
-    for block in blocks:
-        block.compile(fullgraph=True, backend="aot_eager")
-    try:
-        compiled = tp.run(pipe, kwargs)
-        report = pipe.sparse_attention_report()
-    finally:
-        pipe.disable_sparse_attention()
-    assert torch.isfinite(compiled).all() and rel(compiled, eager) < 1e-6
+    _, report = _eager_then_compiled(pipe, kwargs, _compile_blocks, "window3d", window=(1, 4, 4))
     assert 0 < report.mean_density < 1
 
 
