@@ -309,6 +309,10 @@ class FreeSwimConfig(SparseAttentionConfig):
             conditional pass); each block's cross-attention output is kept and reused on the steps
             in between, and the unconditional pass never runs the full branch (as the reference).
         cache_steps: guide-step period in cache mode (2, as the reference).
+        override_uncond: whether the unconditional pass also takes the full branch's
+            cross-attention. None (default) follows the reference, which overrides it without
+            cache mode and not with it (spec quirk 6); True or False make both modes agree. True
+            in cache mode keeps a second cache for the unconditional pass (twice the memory).
         cache_device: where the cache lives: "auto" (the activations' device while the cache fits
             in half of the free GPU memory, otherwise pinned host memory), "same" or "cpu".
         attention_scale: softmax scale of both self-attention branches: "reference" (default,
@@ -330,6 +334,7 @@ class FreeSwimConfig(SparseAttentionConfig):
     cross_attn_override: bool = True
     cache: bool = False
     cache_steps: int = 2
+    override_uncond: bool | None = None
     cache_device: str = "auto"
     attention_scale: str | float = "reference"
     order: str = "spatial"
@@ -360,6 +365,10 @@ class FreeSwimConfig(SparseAttentionConfig):
             )
         if self.order not in ("spatial", "raster"):
             raise ValueError(f"order must be 'spatial' or 'raster', got {self.order!r}")
+        if self.override_uncond is not None and not isinstance(self.override_uncond, bool):
+            raise ValueError(f"override_uncond must be None, True or False, got {self.override_uncond!r}")
+        if self.override_uncond and not self.cross_attn_override:
+            raise ValueError("override_uncond=True needs cross_attn_override=True (the full branch)")
         if self.cache and not self.cross_attn_override:
             raise ValueError(
                 "cache=True caches the full branch's cross-attention: it needs cross_attn_override=True"

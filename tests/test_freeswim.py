@@ -210,14 +210,18 @@ def test_window_covering_the_grid_is_dense_attention():
 BASE = (80, 112)  # tiny Wan renders 160x224: token grid 10x14, base grid 5x7 -> window (5, 7)
 
 
-def _reference_dual_path(transformer, window, cache_steps=None):
+def _reference_dual_path(transformer, window, cache_steps=None, override_uncond=None):
     """Stock processors: window mask for item 0, dense for item 1, item 1's attn2 output for both.
 
     ``cache_steps``: the reference's cache mode, written from spec 3.5 with call counting (the Wan
     pipeline calls the transformer cond then uncond every step): on guide cond calls the dual path
     stores each block's cross-attention output; on other cond calls one item runs the window with
     the stored outputs; uncond calls run one item with its own cross-attention.
+    ``override_uncond``: None as the reference (uncond overridden without cache mode only); True
+    treats uncond calls like cond calls (with their own stored outputs); False runs them alone.
     """
+    if override_uncond is None:
+        override_uncond = cache_steps is None
     handles = []
     state = {"calls": -1, "dual": True, "stored": {}, "reuse": False}
 
@@ -230,8 +234,10 @@ def _reference_dual_path(transformer, window, cache_steps=None):
         state["grid"] = (hidden.shape[2] // p_t, hidden.shape[3] // p_h, hidden.shape[4] // p_w)
         state["calls"] += 1
         step, cond = state["calls"] // 2, state["calls"] % 2 == 0
-        state["dual"] = cache_steps is None or (cond and step % cache_steps == 0)
-        state["reuse"] = cache_steps is not None and cond and not state["dual"]
+        overridden = cond or override_uncond
+        state["branch"] = cond
+        state["dual"] = overridden and (cache_steps is None or step % cache_steps == 0)
+        state["reuse"] = cache_steps is not None and overridden and not state["dual"]
         if state["dual"]:
             for name, value in list(bound.items()):
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == hidden.shape[0]:
@@ -261,11 +267,11 @@ def _reference_dual_path(transformer, window, cache_steps=None):
     def override(index):
         def hook(mod, args, output):
             if state["reuse"]:
-                return state["stored"][index]
+                return state["stored"][index, state["branch"]]
             if not state["dual"]:
                 return output
             half = output.shape[0] // 2
-            state["stored"][index] = output[half:]
+            state["stored"][index, state["branch"]] = output[half:]
             return torch.cat([output[half:], output[half:]])
 
         return hook
@@ -322,6 +328,34 @@ def test_cache_mode_equals_the_stock_processor_reference_over_four_steps():
     err = float((out - reference).norm() / reference.norm())
     assert err < 1e-5, err
     assert float((nocache - reference).norm() / reference.norm()) > 100 * err  # cache mode differs
+
+
+@pytest.mark.parametrize(("cache", "override_uncond"), [(False, False), (True, True)])
+def test_override_uncond_equals_the_stock_processor_reference(cache, override_uncond):
+    """Spec quirk 6: the reference overrides the unconditional pass without cache mode only; the
+    option makes both modes agree, and differs from the reference's choice."""
+    pipe, kwargs = tp.build_wan21()
+    kwargs = dict(kwargs, num_inference_steps=4)
+    cache_steps = 2 if cache else None
+    results = {}
+    for choice in (override_uncond, None):
+        undo = _reference_dual_path(pipe.transformer, (5, 7), cache_steps=cache_steps, override_uncond=choice)
+        reference = tp.run(pipe, kwargs)
+        undo()
+        pipe.enable_sparse_attention(
+            "freeswim",
+            block_size=16,
+            base_resolution=BASE,
+            attention_scale="default",
+            cache=cache,
+            override_uncond=choice,
+        )
+        results[choice] = (tp.run(pipe, kwargs), reference)
+        pipe.disable_sparse_attention()
+    for out, reference in results.values():
+        assert float((out - reference).norm() / reference.norm()) < 1e-5
+    chosen, default = results[override_uncond][0], results[None][0]
+    assert float((chosen - default).norm() / default.norm()) > 1e-4  # 10x the agreement tolerance
 
 
 def test_override_replaces_the_window_items_cross_attention():
@@ -446,6 +480,8 @@ def test_experimental_joint_window_equals_the_oracle():
         dict(attention_scale=-1.0),
         dict(order="zigzag"),
         dict(cache=True, cross_attn_override=False),
+        dict(override_uncond=True, cross_attn_override=False),
+        dict(override_uncond="yes"),
     ],
 )
 def test_config_rejects_bad_values(options):
@@ -528,6 +564,7 @@ def test_cache_size_at_the_reference_operating_point():
     size = freeswim_cache_bytes(wan13, 1088, 1920, 81)
     assert size == 30 * 171_360 * 1_536 * 2
     assert round(size / 1e9, 1) == 15.8
+    assert freeswim_cache_bytes(wan13, 1088, 1920, 81, passes=2) == 2 * size  # override_uncond=True
     assert nearest_valid_size(1080) == 1088
 
 

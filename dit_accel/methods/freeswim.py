@@ -12,7 +12,9 @@ Cache mode (spec 3.5): the conditional pass of every ``cache_steps``-th step is 
 path, cross-attention outputs stored per block); the other conditional passes run the window branch
 alone and reuse the stored outputs; the unconditional pass always runs the window branch alone with
 its own cross-attention. Running "alone" is exact: in the reference the full items would copy the
-window items' outputs there, so both items stay identical.
+window items' outputs there, so both items stay identical. ``override_uncond`` decides whether the
+unconditional pass is overridden too (the reference: yes without cache mode, no with it); when it
+is in cache mode, it gets guide steps and a cache of its own.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class FreeSwim(SparseMethod):
         self._patch: dict[str, tuple[int, int]] = {}
         self._cross_layers: dict[str, int] = {}
         self._cache_device: torch.device | None = None
-        self._cached: dict[str, set[str]] = {}  # layers with a stored output, per transformer
+        self._cached: dict[tuple[str, str], set[str]] = {}  # layers stored, per (transformer, branch)
         self._logged_dense_axes: set[tuple] = set()
         self._joint_layouts: dict[tuple, tuple] = {}  # experimental joint models, per grid
 
@@ -77,19 +79,29 @@ class FreeSwim(SparseMethod):
     def dual_path(self) -> bool:
         return self.config.cross_attn_override
 
+    def overrides_uncond(self) -> bool:
+        """Whether the unconditional pass takes the full branch's cross-attention."""
+        choice = self.config.override_uncond
+        return (not self.config.cache) if choice is None else choice
+
+    def overrides(self, call: CallContext) -> bool:
+        """Whether this call's cross-attention comes from the full branch (now or from the cache)."""
+        return self.dual_path() and (call.cfg_branch != "uncond" or self.overrides_uncond())
+
     def wants_dual(self, call: CallContext | None) -> bool:
         """Whether this transformer call runs the window and the full branch together."""
         if call is None or not self.dual_path():
             return False
+        if call.cfg_branch == "cond_uncond" and (self.config.cache or not self.overrides_uncond()):
+            raise NotImplementedError(
+                "FreeSwim treats the conditional and unconditional passes differently here (cache mode "
+                "or override_uncond=False): it needs them as separate transformer calls (Wan pipelines "
+                "do this)"
+            )
+        if not self.overrides(call):
+            return False
         if not self.config.cache:
             return True
-        if call.cfg_branch == "cond_uncond":
-            raise NotImplementedError(
-                "FreeSwim cache mode needs the conditional and unconditional passes as separate "
-                "transformer calls (Wan pipelines do this); use cache=False"
-            )
-        if call.cfg_branch == "uncond":
-            return False
         guide = call.step_index % self.config.cache_steps == 0
         return guide or not self._has_cache(call)
 
@@ -197,22 +209,24 @@ class FreeSwim(SparseMethod):
     def _cross_attention(self, q, k, v, scale, context: AttentionContext) -> torch.Tensor:
         """The override: the full items' cross-attention output for every item (spec 3.4, 3.5)."""
         call = context.call
-        key = (f"{call.transformer_name}.{context.layer.name}", "cond")
+        key = (f"{call.transformer_name}.{context.layer.name}", call.cfg_branch)
         if DUAL_PATH.get():
             half = q.shape[0] // 2
             out = dense_attention(q[half:], k[half:], v[half:], scale=scale)
             if self.config.cache:
                 self.state.get(*key)["out"] = self._to_cache(out, call)
-                self._cached.setdefault(call.transformer_name, set()).add(context.layer.name)
+                self._cached.setdefault((call.transformer_name, call.cfg_branch), set()).add(
+                    context.layer.name
+                )
             return torch.cat([out, out])
-        entry = self.state.get(*key).get("out") if self.config.cache and call.cfg_branch != "uncond" else None
+        entry = self.state.get(*key).get("out") if self.config.cache and self.overrides(call) else None
         if entry is not None and entry.shape[0] == q.shape[0]:
             return entry.to(q.device, non_blocking=True, copy=True)  # a fresh tensor, never the cache
         return dense_attention(q, k, v, scale=scale)
 
     def _has_cache(self, call: CallContext) -> bool:
         layers = self._cross_layers.get(call.transformer_name, 0)
-        return layers > 0 and len(self._cached.get(call.transformer_name, ())) >= layers
+        return layers > 0 and len(self._cached.get((call.transformer_name, call.cfg_branch), ())) >= layers
 
     def _to_cache(self, out: torch.Tensor, call: CallContext) -> torch.Tensor:
         if self._cache_device is None:
@@ -224,7 +238,8 @@ class FreeSwim(SparseMethod):
 
     def _choose_cache_device(self, out: torch.Tensor, call: CallContext) -> torch.device:
         """Where the cross-attention cache goes; a MemoryError naming sizes when it fits nowhere."""
-        total = cache_bytes(out, self._cross_layers.get(call.transformer_name, 1))
+        passes = 2 if self.overrides_uncond() else 1  # a cache per overridden CFG pass
+        total = passes * cache_bytes(out, self._cross_layers.get(call.transformer_name, 1))
         device = self.config.cache_device
         if device == "same" or (device == "auto" and not out.is_cuda):
             return out.device
@@ -236,7 +251,8 @@ class FreeSwim(SparseMethod):
         if available is not None and total > available:
             raise MemoryError(
                 f"FreeSwim cache mode needs {total / 2**30:.1f} GiB for the cross-attention cache "
-                f"({self._cross_layers.get(call.transformer_name, 1)} blocks x {tuple(out.shape)} "
+                f"({passes} CFG pass(es) x {self._cross_layers.get(call.transformer_name, 1)} blocks x "
+                f"{tuple(out.shape)} "
                 f"{out.dtype}) and neither the GPU nor host memory ({available / 2**30:.1f} GiB free) "
                 "holds it; use cache=False"
             )

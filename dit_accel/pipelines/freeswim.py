@@ -34,12 +34,17 @@ class FreeSwimResult:
 
 
 def freeswim_cache_bytes(
-    transformer: torch.nn.Module, height: int, width: int, num_frames: int, vae_scale_factor: int = 8
+    transformer: torch.nn.Module,
+    height: int,
+    width: int,
+    num_frames: int,
+    vae_scale_factor: int = 8,
+    passes: int = 1,
 ) -> int:
     """Bytes of cache mode's cross-attention cache for one generation at this size (spec 3.5).
 
-    One output of (tokens x hidden size) per block, in the transformer's dtype; the temporal VAE
-    stride of Wan is 4.
+    One output of (tokens x hidden size) per block and overridden CFG pass (``passes``: 2 with
+    ``override_uncond=True``), in the transformer's dtype; the temporal VAE stride of Wan is 4.
     """
     cfg = transformer.config
     p_t, p_h, p_w = cfg.patch_size
@@ -47,7 +52,7 @@ def freeswim_cache_bytes(
     tokens = (frames // p_t) * (height // vae_scale_factor // p_h) * (width // vae_scale_factor // p_w)
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
     element = torch.empty((), dtype=transformer.dtype).element_size()
-    return cfg.num_layers * tokens * hidden * element
+    return passes * cfg.num_layers * tokens * hidden * element
 
 
 def freeswim_generate(
@@ -145,7 +150,10 @@ def freeswim_generate(
     refine.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     config = dataclasses.replace(config, vae_scale_factor=pipe.vae_scale_factor_spatial)
     if config.cache:
-        size = freeswim_cache_bytes(pipe.transformer, height, width, frames, pipe.vae_scale_factor_spatial)
+        passes = 2 if config.override_uncond else 1
+        size = freeswim_cache_bytes(
+            pipe.transformer, height, width, frames, pipe.vae_scale_factor_spatial, passes=passes
+        )
         logger.info("FreeSwim cache mode: the cross-attention cache takes %.2f GiB", size / 2**30)
     logger.info("FreeSwim stage B: refine at %dx%d, strength %.2f", height, width, strength)
     enable_sparse_attention(refine, config)
