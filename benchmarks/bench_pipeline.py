@@ -39,6 +39,7 @@ import tiny_pipelines as tp  # noqa: E402
 from timing import commit, machine  # noqa: E402
 
 import dit_accel  # noqa: E402
+from dit_accel.regional_compile import compile_blocks  # noqa: E402
 from dit_accel.render import _AttentionTimer  # noqa: E402
 
 METHODS = ["dense", "window3d", "vmoba", "rettention", "rectified"]
@@ -175,17 +176,6 @@ def build(builder: str, overrides: dict | None, device: str, dtype: torch.dtype)
         call["negative_prompt_attention_mask"] = torch.ones(1, length, dtype=torch.long, device=device)
     call["output_type"] = "latent"
     return pipe, call
-
-
-def compile_blocks(transformer: torch.nn.Module) -> None:
-    """Regional compilation: diffusers' ``compile_repeated_blocks`` where the model declares its
-    blocks, otherwise every block of the known block lists."""
-    if getattr(transformer, "_repeated_blocks", None):
-        transformer.compile_repeated_blocks(fullgraph=True)
-        return
-    for name in ("transformer_blocks", "single_transformer_blocks", "blocks"):
-        for block in getattr(transformer, name, ()):
-            block.compile(fullgraph=True)
 
 
 def timed_call(pipe, call: dict, device: str) -> float:

@@ -70,6 +70,11 @@ def _add_render(commands) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--offload", choices=["model", "sequential"])
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer blocks (wall time then includes compiling)",
+    )
+    p.add_argument(
         "--compare-dense", action="store_true", help="also render dense; report speedup, PSNR, SSIM"
     )
     p.add_argument("--allow-slow", action="store_true", help="run even when the CPU estimate is long")
@@ -100,6 +105,7 @@ def _render(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         offload=args.offload,
+        compile=args.compile,
         compare_dense=args.compare_dense,
         allow_slow=args.allow_slow,
     )

@@ -62,6 +62,7 @@ class RenderSettings:
     dtype: str = "auto"
     device: str = "auto"
     offload: str | None = None
+    compile: bool = False
     compare_dense: bool = False
     allow_slow: bool = False
 
@@ -305,6 +306,12 @@ def render(s: RenderSettings) -> dict:
         pipe.enable_model_cpu_offload() if s.offload == "model" else pipe.enable_sequential_cpu_offload()
     else:
         pipe.to(device)
+    if s.compile:
+        from .regional_compile import compile_blocks
+
+        for name in ("transformer", "transformer_2"):
+            if getattr(pipe, name, None) is not None:
+                compile_blocks(getattr(pipe, name))
 
     def one(method: str) -> dict:
         freeswim_workflow = method == "freeswim" and _above_base(s, resolved)
@@ -356,6 +363,7 @@ def render(s: RenderSettings) -> dict:
         device=device,
         dtype=str(dtype).removeprefix("torch."),
         offload=s.offload,
+        compiled=s.compile,  # wall times then include compiling, on the first call of each method
         **resolved,
         **{k: v for k, v in main.items() if k != "frames"},
     )

@@ -192,6 +192,33 @@ def test_bench_commands_run_at_toy_sizes(tmp_path, monkeypatch):
     assert float(rows[1].split("|")[6]) < 1  # window3d computes fewer blocks than dense
 
 
+def test_render_compile_compiles_the_transformer_blocks(wan_dir, tmp_path, monkeypatch):
+    import dit_accel.regional_compile as regional
+
+    real, compiled = regional.compile_blocks, []
+
+    def spy(transformer, **kwargs):  # aot_eager: no C++ compiler needed on the test machine
+        compiled.append(real(transformer, backend="aot_eager", **kwargs))
+        return compiled[-1]
+
+    monkeypatch.setattr(regional, "compile_blocks", spy)
+    model, prompt = wan_dir
+    out = tmp_path / "compiled.mp4"
+    size = ["--height", "160", "--width", "224", "--num-frames", "9", "--steps", "2"]
+    torch._dynamo.reset()
+    try:
+        code = main(
+            ["render", "--model", str(model), "--prompt", prompt, *size, "--compile", "--output", str(out)]
+        )
+    finally:
+        torch._dynamo.reset()
+    assert code == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert compiled == [2]  # tiny Wan: two blocks, compiled once
+    assert sidecar["compiled"] is True and sidecar["density"] > 0
+    assert _frames(out) == 9
+
+
 def test_out_of_memory_suggests_offload(wan_dir, tmp_path, capsys, monkeypatch):
     import dit_accel.render as render_module
 

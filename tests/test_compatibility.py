@@ -26,6 +26,7 @@ import dit_accel  # noqa: F401  (adds enable_sparse_attention to pipelines)
 from dit_accel.config import resolve_config
 from dit_accel.context import CURRENT_CALL, CallContext, LayerContext, register_layer, unregister_layer
 from dit_accel.patches.backend import ACTIVE_SESSION
+from dit_accel.regional_compile import compile_blocks
 from dit_accel.session import SparseSession
 
 
@@ -102,18 +103,29 @@ def test_regionally_compiled_blocks_share_one_graph_without_breaks(method, dynam
     assert {r["layer"] for r in report.records} == {f"blocks.{i}.attn1" for i in range(2)}
 
 
-def _compile_blocks(transformer) -> None:
-    """Regional compilation by hand, for families without ``_repeated_blocks``."""
-    for name in ("transformer_blocks", "single_transformer_blocks"):
-        for block in getattr(transformer, name, ()):
-            block.compile(fullgraph=True, backend="aot_eager")
-
-
 @pytest.mark.parametrize("family", ["hunyuan_video", "cogvideox", "pixart_alpha"])
 def test_compiled_blocks_without_breaks_in_every_family(family, dynamo):
+    """``regional_compile.compile_blocks`` (``fullgraph=True``; the render command's ``--compile``)."""
     pipe, kwargs = tp.BUILDERS[family]()
-    _, report = _eager_then_compiled(pipe, kwargs, _compile_blocks, "window3d", window=(1, 4, 4))
+    compiled_blocks = []
+
+    def compile_all(transformer) -> None:
+        compiled_blocks.append(compile_blocks(transformer, backend="aot_eager"))
+
+    _, report = _eager_then_compiled(pipe, kwargs, compile_all, "window3d", window=(1, 4, 4))
     assert 0 < report.mean_density < 1
+    blocks = [
+        b
+        for name in ("transformer_blocks", "single_transformer_blocks")
+        for b in getattr(pipe.transformer, name, ())
+    ]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    assert compiled_blocks[0] >= len(blocks)  # HunyuanVideo also declares its token refiner blocks
+
+
+def test_compile_blocks_refuses_a_model_without_blocks():
+    with pytest.raises(ValueError, match="no repeated blocks"):
+        compile_blocks(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("method", sorted(EVERY_METHOD))
