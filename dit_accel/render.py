@@ -298,6 +298,11 @@ def render(s: RenderSettings) -> dict:
                 f"no GPU: this render would take about {minutes:.0f} minutes on the CPU (estimate); use a "
                 "CUDA device, a smaller size or fewer steps, or pass --allow-slow to run anyway"
             )
+    if s.compile and s.offload == "sequential":
+        raise RenderError(
+            "--compile with --offload sequential: accelerate's per-module offload hooks are excluded from "
+            "torch.compile, a graph break around every layer; use --offload model with --compile"
+        )
     if s.offload:
         if device != "cuda":
             raise RenderError(

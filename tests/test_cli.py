@@ -118,6 +118,7 @@ def test_render_image_model_writes_png(tmp_path):
     [
         (["--height", "170"], "the nearest valid height is 176"),
         (["--offload", "model"], "--offload needs a CUDA device"),
+        (["--compile", "--offload", "sequential"], "use --offload model with --compile"),
         (
             ["--height", "1600", "--width", "1600", "--num-frames", "161", "--steps", "50"],
             "minutes on the CPU",

@@ -210,6 +210,18 @@ def test_cpu_offload_gives_the_same_output(method, offload, sparse_first):
     assert len(report.records) > 0
 
 
+def test_model_offload_with_compiled_blocks(dynamo):
+    pipe, kwargs = tp.build_wan21()
+    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
+    plain = tp.run(pipe, kwargs)
+    pipe.enable_model_cpu_offload(device="cpu")
+    compile_blocks(pipe.transformer, backend="aot_eager")
+    try:
+        assert torch.equal(tp.run(pipe, kwargs), plain)
+    finally:
+        pipe.disable_sparse_attention()
+
+
 def _caches(pipe):
     return {
         "first_block_cache": FirstBlockCacheConfig(threshold=0.2),
