@@ -15,24 +15,31 @@ _INSTALL_ATTR = "_dit_accel_installation"
 _TRANSFORMER_COMPONENTS = ("transformer", "transformer_2")
 
 
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``torch.compile`` wrapper (``pipe.transformer = torch.compile(...)``):
+    hooks and processors belong on the model, which the wrapper calls."""
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else module
+
+
+def _components(target: Any) -> list[tuple[str, torch.nn.Module]]:
+    """(component name, model) of every transformer of a pipeline, or of a bare transformer."""
+    if isinstance(target, torch.nn.Module):
+        return [("transformer", _unwrapped(target))]
+    modules = [(name, getattr(target, name, None)) for name in _TRANSFORMER_COMPONENTS]
+    return [(name, _unwrapped(m)) for name, m in modules if isinstance(m, torch.nn.Module)]
+
+
 def _transformers(target: Any) -> list[tuple[str, torch.nn.Module]]:
-    """(component name, module) of the transformers to patch in a pipeline or a bare transformer."""
+    """(component name, model) of the transformers to patch; raises for anything unsupported."""
     from .patches import UnsupportedModelError, adapter_for
 
-    if isinstance(target, torch.nn.Module):
-        adapter_for(target)
-        return [("transformer", target)]
-    components = getattr(target, "components", None)
-    if not isinstance(components, dict):
+    if not isinstance(target, torch.nn.Module) and not isinstance(getattr(target, "components", None), dict):
         raise TypeError(
             "enable_sparse_attention expects a diffusers pipeline or transformer, "
             f"got {type(target).__name__}"
         )
-    found = [
-        (name, components[name])
-        for name in _TRANSFORMER_COMPONENTS
-        if isinstance(components.get(name), torch.nn.Module)
-    ]
+    found = _components(target)
     if not found:
         raise UnsupportedModelError(
             f"{type(target).__name__} has no transformer component for dit-accel to patch"
@@ -97,14 +104,9 @@ def _uninstall(module: torch.nn.Module) -> None:
 
 
 def _sessions(target: Any) -> list[SparseSession]:
-    modules = (
-        [target]
-        if isinstance(target, torch.nn.Module)
-        else [getattr(target, name, None) for name in _TRANSFORMER_COMPONENTS]
-    )
     sessions: list[SparseSession] = []
-    for module in modules:
-        session = getattr(module, _SESSION_ATTR, None) if module is not None else None
+    for _, module in _components(target):
+        session = getattr(module, _SESSION_ATTR, None)
         if session is not None and session not in sessions:
             sessions.append(session)
     return sessions
@@ -112,14 +114,8 @@ def _sessions(target: Any) -> list[SparseSession]:
 
 def disable_sparse_attention(pipe_or_transformer: Any) -> None:
     """Restore the original processors, backends and forward behaviour exactly; free method state."""
-    modules = (
-        [pipe_or_transformer]
-        if isinstance(pipe_or_transformer, torch.nn.Module)
-        else [getattr(pipe_or_transformer, name, None) for name in _TRANSFORMER_COMPONENTS]
-    )
-    for module in modules:
-        if isinstance(module, torch.nn.Module):
-            _uninstall(module)
+    for _, module in _components(pipe_or_transformer):
+        _uninstall(module)
 
 
 def sparse_attention_report(pipe_or_transformer: Any) -> SparseAttentionReport:

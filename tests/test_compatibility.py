@@ -87,6 +87,23 @@ def test_compiled_transformer_equals_eager_without_graph_breaks(method, dynamo):
     assert _records(report) == eager_records
 
 
+def test_sparse_attention_enabled_on_a_torch_compile_wrapper(dynamo):
+    """``pipe.transformer = torch.compile(pipe.transformer)``, then enable: the wrapped model is patched."""
+    pipe, kwargs = tp.build_wan21()
+    stock = tp.run(pipe, kwargs)
+    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
+    eager = tp.run(pipe, kwargs)
+    pipe.disable_sparse_attention()
+    pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
+    pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
+    compiled = tp.run(pipe, kwargs)
+    density = pipe.sparse_attention_report().mean_density
+    pipe.disable_sparse_attention()
+    assert rel(compiled, eager) < 1e-6 and 0 < density < 1
+    assert dict(dynamo["graph_break"]) == {}
+    assert rel(tp.run(pipe, kwargs), stock) < 1e-6  # disabled through the wrapper
+
+
 @pytest.mark.parametrize("method", sorted(EVERY_METHOD))
 def test_regionally_compiled_blocks_share_one_graph_without_breaks(method, dynamo):
     """diffusers' regional compilation with ``fullgraph=True``: a graph break would raise."""
