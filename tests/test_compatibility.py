@@ -365,3 +365,37 @@ def test_mag_cache_with_every_method(method):
     assert torch.isfinite(both).all()
     assert rel(both, dense) <= 2 * (rel(sparse, dense) + rel(cached, dense)) + 1e-6
     assert {r["step"] for r in report.records} == set(ran)
+
+
+def test_two_pipelines_in_two_threads_give_their_own_results():
+    """Layer, call and session context are per thread: concurrent generations do not mix."""
+    import threading
+
+    runs = {}
+    for name, method, options in (
+        ("a", "window3d", dict(window=(1, 4, 4))),
+        ("b", "rettention", dict(sparsity=0.2)),
+    ):
+        pipe, kwargs = tp.build_wan21(seed=1 if name == "b" else 0)
+        pipe.enable_sparse_attention(method, block_size=16, **options)
+        runs[name] = (pipe, kwargs, tp.run(pipe, kwargs))
+    results, errors = {}, []
+
+    def generate(name: str) -> None:
+        pipe, kwargs, _ = runs[name]
+        try:
+            for _ in range(2):
+                results.setdefault(name, []).append(tp.run(pipe, kwargs))
+        except Exception as error:  # reported below; a thread cannot fail the test itself
+            errors.append(error)
+
+    threads = [threading.Thread(target=generate, args=(name,)) for name in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for pipe, _, _ in runs.values():
+        pipe.disable_sparse_attention()
+    assert not errors, errors
+    for name, (_, _, alone) in runs.items():
+        assert all(torch.equal(out, alone) for out in results[name])
