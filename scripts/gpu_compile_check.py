@@ -3,9 +3,9 @@
 For the tiny Wan 2.1 pipeline in bf16 and each method: the output of eager mode, of
 ``compile_repeated_blocks(fullgraph=True)`` and, for the default mode, of ``mode="reduce-overhead"``
 (the op stays out of CUDA graphs), compared by relative L2; non-zero exit on a failure or a
-graph break. Not part of ``gpu_check.sh`` (its ten minutes are spoken for): run it on its own,
-``python scripts/gpu_compile_check.py`` (about 2 minutes), or on the CPU with
-``python scripts/gpu_compile_check.py cpu`` (``aot_eager``, no C++ compiler needed).
+graph break. Part of ``scripts/gpu_second_call.sh`` (``gpu_check.sh``'s ten minutes are spoken
+for); on its own ``python scripts/gpu_compile_check.py``, or on the CPU
+``python scripts/gpu_compile_check.py cpu`` (``aot_eager``, no C++ compiler needed; tested).
 """
 
 from __future__ import annotations

@@ -399,3 +399,25 @@ def test_two_pipelines_in_two_threads_give_their_own_results():
     assert not errors, errors
     for name, (_, _, alone) in runs.items():
         assert all(torch.equal(out, alone) for out in results[name])
+
+
+def test_gpu_compile_check_script_runs_on_the_cpu():
+    """scripts/gpu_compile_check.py (the second GPU call) cannot rot: every method, aot_eager."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_compile_check.py", "cpu"],
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "aot_eager" in line]
+    assert {r.split("|")[1].strip() for r in rows} == EVERY_METHOD.keys() - {"dense"}
+    assert "compile check: ok" in proc.stdout

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The second prepared GPU call, after scripts/gpu_check.sh (whose ten minutes are spoken for):
+# torch.compile with every method on CUDA, then the end-to-end pipeline benchmark.
+#
+#   bash scripts/gpu_second_call.sh       # from the repository root; about 5 minutes
+#
+# Writes $OUT/compile_check.md, $OUT/pipeline_gpu.md and $OUT/second_call.log ($OUT defaults to a
+# new temporary directory). Exit status: non-zero if the compile check failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_second.XXXXXX")}"
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# Inductor compiles the block graph once; the other methods hit its cache (one opaque attention op).
+echo "## compile check (regional, inductor, fullgraph)" | tee "$OUT/second_call.log"
+PYTHONUNBUFFERED=1 timeout 150 python3 scripts/gpu_compile_check.py cuda 2>&1 \
+  | grep -v -i warn | tee "$OUT/compile_check.md" | tail -n 14
+STATUS=${PIPESTATUS[0]}
+
+echo "## pipeline benchmark (eager)" | tee -a "$OUT/second_call.log"
+PYTHONUNBUFFERED=1 timeout 260 python3 benchmarks/bench_pipeline.py --budget 200 --out "$OUT" 2>&1 \
+  | grep "^|" | tee -a "$OUT/second_call.log" | tail -n 12
+exit "$STATUS"
