@@ -276,13 +276,17 @@ def test_caching_hooks_with_a_stateful_method(cache):
     assert sorted({r["step"] for r in report.records}) == list(range(6))
 
 
-def test_torch_compile_recompiles_only_when_the_grid_changes():
+@pytest.mark.parametrize("regional", [False, True])
+def test_torch_compile_recompiles_only_when_the_grid_changes(regional):
     from torch._dynamo.utils import counters
 
     pipe, kwargs = tp.build_wan21()
     pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4))
     torch._dynamo.reset()
-    pipe.transformer.compile(backend="aot_eager", dynamic=False)
+    if regional:
+        compile_blocks(pipe.transformer, backend="aot_eager", dynamic=False)
+    else:
+        pipe.transformer.compile(backend="aot_eager", dynamic=False)
     try:
         graphs = []
         for size in ((160, 224), (160, 224), (192, 224), (192, 224)):
