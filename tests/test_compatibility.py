@@ -145,15 +145,16 @@ def test_compile_blocks_refuses_a_model_without_blocks():
         compile_blocks(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("method", sorted(EVERY_METHOD))
-def test_attention_op_fake_matches_real(method):
+def test_attention_op_fake_matches_real(method, dtype):
     """torch.library.opcheck: schema, fake implementation (shape, dtype, strides), AOT dispatch,
     with a method serving the call (a 3x10x14 Wan grid, text-free self-attention)."""
     config = resolve_config(method, block_size=16, **EVERY_METHOD[method])
     session = SparseSession(config)
     call = CallContext((3, 10, 14), "none", 1, 4, "cond", "transformer", "Wan")
     key = register_layer(LayerContext("blocks.0.attn1", 0))
-    q, k, v = (torch.randn(1, 420, 2, 16) for _ in range(3))
+    q, k, v = (torch.randn(1, 420, 2, 16, dtype=dtype) for _ in range(3))
     tokens = (ACTIVE_SESSION.set(session), CURRENT_CALL.set(call))
     try:
         result = torch.library.opcheck(
