@@ -312,11 +312,11 @@ def render(s: RenderSettings) -> dict:
     else:
         pipe.to(device)
     if s.compile:
+        from .api import _components
         from .regional_compile import compile_blocks
 
-        for name in ("transformer", "transformer_2"):
-            if getattr(pipe, name, None) is not None:
-                compile_blocks(getattr(pipe, name))
+        for _, transformer in _components(pipe):
+            compile_blocks(transformer)
 
     def one(method: str) -> dict:
         freeswim_workflow = method == "freeswim" and _above_base(s, resolved)
