@@ -137,6 +137,39 @@ class Window3DConfig(SparseAttentionConfig):
         object.__setattr__(self, "tile", tile)
 
 
+@dataclass(frozen=True)
+class TopKConfig(SparseAttentionConfig):
+    """Pooled top-k block selection: each query block keeps the key blocks whose mean key scores
+    highest against its mean query. No correction; the quality benchmark's baseline.
+
+    Attributes:
+        density: the fraction of video key blocks every query block keeps (0.25); the kept count
+            is ``max(1, round(density x blocks))``.
+        tile: (frames, height, width) of one block in tokens, as for ``window3d`` (default from
+            ``block_size``).
+    """
+
+    method: ClassVar[str] = "topk"
+
+    density: float = 0.25
+    tile: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (
+            isinstance(self.density, bool)
+            or not isinstance(self.density, int | float)
+            or not 0 < self.density <= 1
+        ):
+            raise ValueError(f"density must lie in (0, 1], got {self.density!r}")
+        tile = default_tile(self.block_size) if self.tile is None else _as_int_tuple(self.tile, "tile", 3)
+        if any(t < 1 for t in tile) or tile[0] * tile[1] * tile[2] != self.block_size:
+            raise ValueError(
+                f"tile {tile} must have positive sides whose product equals block_size={self.block_size}"
+            )
+        object.__setattr__(self, "tile", tile)
+
+
 VMOBA_SCOPES = ("query_head", "head_global", "block", "overall")
 
 
@@ -507,6 +540,7 @@ def register_config(config_cls: type[SparseAttentionConfig]) -> type[SparseAtten
 for _cls in (
     DenseConfig,
     Window3DConfig,
+    TopKConfig,
     VMoBAConfig,
     RettentionConfig,
     RectifiedSpaAttnConfig,
@@ -542,6 +576,7 @@ __all__ = [
     "RettentionConfig",
     "VMoBAConfig",
     "SparseAttentionConfig",
+    "TopKConfig",
     "Window3DConfig",
     "available_methods",
     "register_config",

@@ -8,12 +8,14 @@ from .dense import Dense
 from .freeswim import FreeSwim
 from .rectified import RectifiedSpaAttn
 from .rettention import Rettention
+from .topk import TopK
 from .vmoba import VMoBA
 from .window3d import Window3D
 
 _METHODS: dict[str, type[SparseMethod]] = {
     "dense": Dense,
     "window3d": Window3D,
+    "topk": TopK,
     "vmoba": VMoBA,
     "rettention": Rettention,
     "rectified": RectifiedSpaAttn,

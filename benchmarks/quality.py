@@ -1,0 +1,541 @@
+"""Quality versus attention compute: dense plus every method over a grid of its knobs, on a trained
+proxy model (or any local diffusers pipeline), with two pooled top-k baselines in the same table.
+
+Every row is one method setting, run twice from the dense run's seed:
+- **free run**: a normal generation. Columns: realized mean density (the report's: fraction of
+  query x key blocks computed, averaged over steps, layers and CFG passes), PSNR and SSIM of the
+  final decoded frames and relative L2 of the final latents, each against dense.
+- **teacher-forced run**: after every step the latents are replaced by the dense trajectory's, so
+  each step's transformer input is the dense one; the column is the mean over steps of the
+  relative L2 between the (guided) model output and dense's at that step. Sampled videos are
+  chaotic (a small early difference can move an object); this error is not, so it is the best
+  signal for comparing attention approximations. The output is read where the pipeline hands it
+  to ``scheduler.step``, so any diffusers pipeline with ``callback_on_step_end`` works.
+
+Baselines, at the same densities: (a) ``topk`` (pooled top-k blocks, no correction, uniform over
+steps and layers) and (b) the same with ``WARMUP`` dense warm-up steps. "vs (a)" / "vs (b)" are a
+row's PSNR minus the baseline's, interpolated linearly at the row's realized density (blank
+outside the baseline's range). Writes ``results/quality_<name>.md``, ``quality_<name>.png`` (PSNR
+and teacher-forced error vs density) and ``quality_<name>_sheet.png`` (dense vs each method's
+default), plus the rows as JSON.
+
+    python benchmarks/quality.py --proxy video            # full grid (about an hour on 2 CPU cores)
+    python benchmarks/quality.py --proxy image --quick    # a small grid, a few minutes
+    python benchmarks/quality.py --model PATH --prompt "..." --steps 20   # a local diffusers pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dit_accel  # noqa: E402
+from dit_accel.quality import psnr, relative_l2, ssim  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+WARMUP = 5  # dense warm-up steps of baseline (b), of 20 (the issue's measurement)
+DENSITIES = (0.125, 0.25, 0.5)
+
+
+@dataclass
+class Row:
+    """One benchmark row: a label, a method name and its config overrides; ``role`` is "dense",
+    "baseline a", "baseline b", "default", "reference" or "grid"."""
+
+    label: str
+    method: str
+    options: dict = field(default_factory=dict)
+    role: str = "grid"
+    result: dict = field(default_factory=dict)
+
+
+def grid_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
+    """The settings to run for a video (Wan-like, 3D grid) or image (PixArt-like, one frame) model.
+
+    Knob values are chosen so that each method spans the baselines' density range on the proxies'
+    grids (32 blocks per sequence); see the results file for the realized densities.
+    """
+    densities = (0.25, 0.5) if quick else DENSITIES
+    rows = [Row("dense", "dense", role="dense")]
+    rows += [Row(f"topk d={d}", "topk", {"density": d}, "baseline a") for d in densities]
+    rows += [
+        Row(f"topk d={d} +{warmup} dense", "topk", {"density": d, "dense_steps": warmup}, "baseline b")
+        for d in densities
+    ]
+    rows += [
+        Row("window3d default", "window3d", {}, "default"),
+        Row("vmoba default", "vmoba", {}, "default"),
+        Row("rettention default", "rettention", {}, "default"),
+        Row("rectified default", "rectified", {}, "default"),
+    ]
+    if kind == "video":
+        rows.append(Row("freeswim base=half", "freeswim", {"base_resolution": "half"}, "default"))
+    if quick:
+        return rows
+    windows = (
+        [(8, 16, 8), (4, 16, 16), (8, 16, 16)] if kind == "video" else [(1, 8, 16), (1, 16, 16), (1, 16, 32)]
+    )
+    rows += [Row(f"window3d window={w}", "window3d", {"window": w}) for w in windows]
+    rows += [
+        Row(f"window3d window={w} +{warmup} dense", "window3d", {"window": w, "dense_steps": warmup})
+        for w in windows[:2]
+    ]
+    rows += [Row(f"vmoba threshold={t}", "vmoba", {"threshold": t}) for t in (0.1, 0.5)]
+    rows += [Row(f"rettention sparsity={s}", "rettention", {"sparsity": s}) for s in (0.125, 0.25)]
+    rows += [Row(f"rectified drop={r}", "rectified", {"sa_drop_rate": r}) for r in (0.875, 0.5)]
+    no_warmup = {"dense_steps": 0, "dense_layers": ()}
+    rows += [
+        Row(f"rectified drop={r} no warm-up", "rectified", {"sa_drop_rate": r, **no_warmup})
+        for r in (0.75, 0.5)
+    ]
+    per_row = {"rectify": "per_row", "gapr": False}
+    rows += [
+        Row(
+            f"rectified per_row drop={r} no warm-up", "rectified", {"sa_drop_rate": r, **per_row, **no_warmup}
+        )
+        for r in (0.875, 0.75, 0.5)
+    ]
+    rows += [
+        Row(
+            f"rectified per_row drop={r} +{warmup} dense",
+            "rectified",
+            {"sa_drop_rate": r, **per_row, "dense_steps": warmup, "dense_layers": ()},
+        )
+        for r in (0.875, 0.75)
+    ]
+    return rows
+
+
+# --- running one pipeline call ---------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    outputs: list[torch.Tensor]  # model output handed to scheduler.step, per step
+    latents: list[torch.Tensor]  # latents after each step
+    frames: torch.Tensor  # decoded output, (..., H, W, 3) in [0, 1]
+    seconds: float
+
+
+def generate(pipe: Any, call: dict, seed: int, teacher: list[torch.Tensor] | None = None) -> Run:
+    """One generation from ``seed``; with ``teacher``, step i's output latents are replaced by
+    ``teacher[i]`` so that every step's input is the teacher's."""
+    outputs: list[torch.Tensor] = []
+    latents: list[torch.Tensor] = []
+    scheduler = pipe.scheduler
+    original_step = scheduler.step
+
+    def recording_step(model_output, *args, **kwargs):
+        outputs.append(model_output.detach().float().cpu())
+        return original_step(model_output, *args, **kwargs)
+
+    def on_step_end(_pipe, i, _t, tensors):
+        latents.append(tensors["latents"].detach().float().cpu())
+        if teacher is not None:
+            return {"latents": teacher[i].to(tensors["latents"])}
+        return {}
+
+    scheduler.step = recording_step
+    try:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        start = time.perf_counter()
+        with torch.no_grad():
+            result = pipe(**call, generator=generator, callback_on_step_end=on_step_end)
+        seconds = time.perf_counter() - start
+    finally:
+        del scheduler.step  # back to the class's method
+    frames = result
+    for attr in ("frames", "images"):
+        frames = getattr(frames, attr, frames)
+    frames = torch.as_tensor(frames).float()
+    if frames.shape[-1] != 3:  # (..., 3, H, W) tensors
+        frames = frames.movedim(-3, -1)
+    return Run(outputs, latents, frames.clamp(0, 1), seconds)
+
+
+def measure(
+    pipe: Any, call: dict, row: Row, seeds: list[int], dense: dict[int, Run]
+) -> tuple[dict, torch.Tensor]:
+    """The row's columns, averaged over seeds, and the first seed's frames."""
+    metrics: dict[str, list[float]] = {}
+    first_frames = None
+    options = dict(row.options)
+    for seed in seeds:
+        dit_accel.enable_sparse_attention(pipe, row.method, **options)
+        try:
+            free = generate(pipe, call, seed)
+            density = dit_accel.sparse_attention_report(pipe).mean_density
+            forced = generate(pipe, call, seed, teacher=dense[seed].latents)
+        finally:
+            dit_accel.disable_sparse_attention(pipe)
+        ref = dense[seed]
+        first_frames = free.frames[0] if first_frames is None else first_frames
+        tf = [relative_l2(o, r) for o, r in zip(forced.outputs, ref.outputs, strict=True)]
+        values = dict(
+            density=density,
+            psnr=psnr(free.frames, ref.frames, peak=1.0),
+            ssim=ssim(
+                free.frames.reshape(-1, *free.frames.shape[-3:]),
+                ref.frames.reshape(-1, *ref.frames.shape[-3:]),
+            ),
+            latent_l2=relative_l2(free.latents[-1], ref.latents[-1]),
+            tf_error=sum(tf) / len(tf),
+            seconds=free.seconds,
+        )
+        for key, value in values.items():
+            metrics.setdefault(key, []).append(value)
+    return {key: sum(v) / len(v) for key, v in metrics.items()}, first_frames
+
+
+# --- gains over the baselines ----------------------------------------------------------------
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """Piecewise-linear value at ``x`` through ``points`` (x, y); None outside their x range."""
+    points = sorted(points)
+    if not points or x < points[0][0] - 1e-9 or x > points[-1][0] + 1e-9:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 - 1e-9 <= x <= x1 + 1e-9:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[0][1]
+
+
+def add_gains(rows: list[Row]) -> None:
+    for baseline in ("a", "b"):
+        curve = [(r.result["density"], r.result["psnr"]) for r in rows if r.role == f"baseline {baseline}"]
+        for r in rows:
+            base = interpolate(curve, r.result["density"]) if r.role != "dense" else None
+            r.result[f"gain_{baseline}"] = None if base is None else r.result["psnr"] - base
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return (
+        f"{cpu}, {threads} thread(s), torch {torch.__version__}, CPU"
+        if not torch.cuda.is_available()
+        else (f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    )
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        return sha + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def _fmt(value: float | None, digits: int, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if math.isinf(value):
+        return "inf"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown(name: str, rows: list[Row], settings: dict) -> str:
+    lines = [
+        f"# Quality versus attention density: {name}",
+        "",
+        f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Commit: {commit()}.",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
+        "Generated by `benchmarks/quality.py` (its docstring defines every column). PSNR/SSIM: final",
+        "decoded frames vs dense from the same seed; latent L2: relative L2 of the final latents; TF",
+        "error: mean teacher-forced relative L2 of the model output; vs (a)/(b): PSNR gain over",
+        f"pooled top-k without / with {settings.get('warmup', WARMUP)} dense warm-up steps at equal",
+        "density (blank outside the baseline's range). Wall time: this machine, CPU, not a speed claim.",
+        "",
+        "| setting | role | density | PSNR dB | SSIM | latent L2 | TF error | vs (a) dB | vs (b) dB "
+        "| wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        m = r.result
+        lines.append(
+            f"| {r.label} | {r.role} | {_fmt(m['density'], 3)} | {_fmt(m['psnr'], 2)} "
+            f"| {_fmt(m['ssim'], 4)} | "
+            f"{_fmt(m['latent_l2'], 4)} | {_fmt(m['tf_error'], 4)} | {_fmt(m.get('gain_a'), 2, True)} | "
+            f"{_fmt(m.get('gain_b'), 2, True)} | {_fmt(m['seconds'], 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _family(row: Row) -> str:
+    if row.role.startswith("baseline"):
+        return f"topk ({row.role})"
+    label = row.label
+    if "per_row" in label:
+        label = "rectified per_row"
+    family = label.split()[0] if "per_row" not in label else label
+    if "+" in row.label and not row.role.startswith("baseline"):
+        family += " +warm-up"
+    elif "no warm-up" in row.label:
+        family += " no warm-up"
+    return family
+
+
+def plot(name: str, rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.role != "dense" and math.isfinite(r.result["psnr"]):
+            curves.setdefault(_family(r), []).append(r)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for family, members in sorted(curves.items()):
+        members.sort(key=lambda r: r.result["density"])
+        x = [r.result["density"] for r in members]
+        style = (
+            dict(linestyle="--", linewidth=2.5, color="black" if "baseline a" in family else "grey")
+            if "baseline" in family
+            else {}
+        )
+        left.plot(x, [r.result["psnr"] for r in members], marker="o", label=family, **style)
+        right.plot(x, [r.result["tf_error"] for r in members], marker="o", label=family, **style)
+    left.set(xlabel="realized mean density", ylabel="PSNR vs dense (dB)", title=f"{name}: final frames")
+    right.set(
+        xlabel="realized mean density",
+        ylabel="teacher-forced rel. L2",
+        title=f"{name}: per-step error",
+        yscale="log",
+    )
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def contact_sheet(name: str, frames: dict[str, torch.Tensor], path: Path) -> None:
+    """One column per setting (dense first); for video the first, middle and last frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(frames.values()))
+    picks = [0, first.shape[0] // 2, first.shape[0] - 1] if first.ndim == 4 else [None]
+    fig, axes = plt.subplots(
+        len(picks), len(frames), figsize=(2.6 * len(frames), 1.6 * len(picks) + 0.6), squeeze=False
+    )
+    for col, (label, video) in enumerate(frames.items()):
+        for row, index in enumerate(picks):
+            image = video if index is None else video[index]
+            axes[row][col].imshow(image.numpy())
+            axes[row][col].set_xticks([])
+            axes[row][col].set_yticks([])
+        axes[0][col].set_title(label, fontsize=8)
+    fig.suptitle(f"{name}: dense vs each method's default (same seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, _, raw = text.partition("=")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, tuple(value) if isinstance(value, list) else value
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, dict, str, str]:
+    """(pipeline, call arguments, result name, kind)."""
+    if args.model:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(args.model, local_files_only=True)
+        call = dict(
+            prompt=args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np"
+        )
+        kind = "image" if "PixArt" in type(pipe.transformer).__name__ else "video"
+        return pipe, call, Path(args.model).name, kind
+    from benchmarks.proxies.models import IMAGE_SIZE, VIDEO_SIZE, build_proxy, load_proxy
+
+    pipe = build_proxy(args.proxy) if args.untrained else load_proxy(args.proxy)
+    size = dict(VIDEO_SIZE if args.proxy == "video" else IMAGE_SIZE)
+    if args.size:
+        values = [int(v) for v in args.size.split("x")]
+        size = dict(
+            zip(
+                ("num_frames", "height", "width") if args.proxy == "video" else ("height", "width"),
+                values,
+                strict=True,
+            )
+        )
+    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt", **size)
+    return pipe, call, f"{args.proxy}{'_untrained' if args.untrained else ''}", args.proxy
+
+
+def resolve_row(row: Row, call: dict, block_size: int | None, kind: str) -> None:
+    """Fill in what depends on the model: block size, image tiles, FreeSwim's half base."""
+    if row.method == "dense":
+        return
+    if block_size is not None:
+        row.options.setdefault("block_size", block_size)
+    if kind == "image" and row.method in ("window3d", "topk"):
+        bs = row.options.get("block_size", 128)
+        side = int(math.isqrt(bs))
+        row.options.setdefault("tile", (1, side, bs // side))
+    if row.options.get("base_resolution") == "half":
+        row.options["base_resolution"] = (call["height"] // 2, call["width"] // 2)
+        row.options.setdefault("vae_scale_factor", 4)
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--proxy", choices=("video", "image"), default="video")
+    source.add_argument("--model", help="path of a local diffusers pipeline (no download)")
+    parser.add_argument("--prompt", default="", help="prompt for --model")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small grid (defaults and density 0.25 only), fewer steps"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (20; 8 with --quick)")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument(
+        "--warmup", type=int, default=None, help=f"dense steps of baseline (b) ({WARMUP}; 2 with --quick)"
+    )
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--size", help="proxy size in pixels: FxHxW (video) or HxW (image)")
+    parser.add_argument(
+        "--block-size", type=int, default=None, help="block size of every method (video 128, image 32)"
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], help="run rows whose label contains this (repeatable)"
+    )
+    parser.add_argument(
+        "--option", action="append", default=[], help="extra config field for every method row"
+    )
+    parser.add_argument("--untrained", action="store_true", help="the proxy with random weights (tests)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = args.steps or (8 if args.quick else 20)
+    args.steps = steps
+    warmup = args.warmup if args.warmup is not None else (2 if args.quick else WARMUP)
+    pipe, call, name, kind = _load(args)
+    pipe.set_progress_bar_config(disable=True)
+    block_size = args.block_size or (32 if kind == "image" else None)
+    rows = [
+        r
+        for r in grid_rows(kind, args.quick, warmup)
+        if r.role == "dense" or not args.only or any(o in r.label for o in args.only)
+    ]
+    extra = dict(map(_parse_option, args.option))
+    seeds = list(range(args.seeds))
+
+    from tqdm.auto import tqdm
+
+    dense = {seed: generate(pipe, call, seed) for seed in seeds}
+    sheet = {"dense": dense[0].frames[0]}
+    for row in tqdm(rows, desc=f"quality {name}", unit="row"):
+        if row.role == "dense":
+            row.result = dict(
+                density=1.0,
+                psnr=math.inf,
+                ssim=1.0,
+                latent_l2=0.0,
+                tf_error=0.0,
+                seconds=sum(r.seconds for r in dense.values()) / len(seeds),
+            )
+            continue
+        resolve_row(row, call, block_size, kind)
+        if row.method != "dense":
+            row.options.update(extra)
+        try:
+            row.result, frames = measure(pipe, call, row, seeds, dense)
+        except (ValueError, TypeError, NotImplementedError) as error:  # a setting the model refuses
+            print(f"{row.label}: skipped ({type(error).__name__}: {error})", file=sys.stderr)
+            row.result = dict(
+                density=math.nan,
+                psnr=math.nan,
+                ssim=math.nan,
+                latent_l2=math.nan,
+                tf_error=math.nan,
+                seconds=math.nan,
+                error=str(error),
+            )
+            continue
+        if row.role == "default":
+            sheet[row.label.replace(" default", "")] = frames
+    add_gains(rows)
+    settings = dict(
+        steps=steps,
+        guidance=args.guidance,
+        seeds=args.seeds,
+        warmup=warmup,
+        size=call.get("num_frames", 1),
+        block_size=block_size or 128,
+    )
+    settings["size"] = "x".join(str(call[k]) for k in ("num_frames", "height", "width") if k in call) + " px"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"quality_{name}" + ("_quick" if args.quick else "")
+    (args.out / f"{stem}.md").write_text(markdown(name, rows, settings))
+    (args.out / f"{stem}.json").write_text(
+        json.dumps(
+            [
+                dict(
+                    label=r.label,
+                    method=r.method,
+                    role=r.role,
+                    options={k: list(v) if isinstance(v, tuple) else v for k, v in r.options.items()},
+                    **r.result,
+                )
+                for r in rows
+            ],
+            indent=1,
+            default=str,
+        )
+        + "\n"
+    )
+    plot(name, rows, args.out / f"{stem}.png")
+    contact_sheet(name, sheet, args.out / f"{stem}_sheet.png")
+    print((args.out / f"{stem}.md").read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""benchmarks/quality.py: teacher forcing, the gain columns, and its quick mode end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import quality
+from benchmarks.proxies.models import build_proxy
+
+SMALL = dict(num_frames=2, height=32, width=64, num_inference_steps=3, guidance_scale=3.0, output_type="pt")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = build_proxy("video", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_teacher_forcing_feeds_the_teachers_latents_into_every_later_step(pipe):
+    teacher = quality.generate(pipe, SMALL, seed=0)
+    other = quality.generate(pipe, SMALL, seed=1)
+    forced = quality.generate(pipe, SMALL, seed=1, teacher=teacher.latents)
+    # Step 0 starts from seed 1's noise; every later step sees the teacher's latents, so the same
+    # (dense) model gives the teacher's outputs there.
+    assert torch.equal(forced.outputs[0], other.outputs[0])
+    assert not torch.equal(other.outputs[1], teacher.outputs[1])
+    for step in range(1, 3):
+        assert torch.equal(forced.outputs[step], teacher.outputs[step])
+    assert len(forced.outputs) == len(forced.latents) == 3
+
+
+def test_interpolation_is_linear_inside_the_curve_and_blank_outside():
+    points = [(0.25, 20.0), (0.5, 30.0)]
+    assert quality.interpolate(points, 0.375) == pytest.approx(25.0)
+    assert quality.interpolate(points, 0.25) == pytest.approx(20.0)
+    assert quality.interpolate(points, 0.2) is None
+    assert quality.interpolate(points, 0.6) is None
+
+
+def test_gains_compare_with_the_baseline_at_the_rows_density():
+    rows = [
+        quality.Row("a1", "topk", role="baseline a", result=dict(density=0.25, psnr=20.0)),
+        quality.Row("a2", "topk", role="baseline a", result=dict(density=0.5, psnr=30.0)),
+        quality.Row("m", "window3d", result=dict(density=0.4, psnr=29.0)),
+    ]
+    quality.add_gains(rows)
+    assert rows[2].result["gain_a"] == pytest.approx(29.0 - 26.0)
+    assert rows[2].result["gain_b"] is None
+
+
+def test_quick_mode_fills_every_column_and_writes_table_plot_and_sheet(tmp_path):
+    argv = [
+        "--proxy",
+        "video",
+        "--untrained",
+        "--quick",
+        "--size",
+        "2x32x64",
+        "--block-size",
+        "16",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    rows = quality.main(argv)
+    roles = {r.role for r in rows}
+    assert {"dense", "baseline a", "baseline b", "default"} <= roles
+    assert {r.method for r in rows if r.role == "default"} >= {
+        "window3d",
+        "vmoba",
+        "rettention",
+        "rectified",
+        "freeswim",
+    }
+    for row in rows:
+        for column in ("density", "psnr", "ssim", "latent_l2", "tf_error", "seconds"):
+            value = row.result[column]
+            assert not math.isnan(value), (row.label, column)
+        if row.role != "dense":
+            assert 0.0 < row.result["density"] <= 1.0
+    baselines = [r for r in rows if r.role == "baseline a"]
+    assert all(r.result["gain_a"] == pytest.approx(0.0) for r in baselines)
+    stem = tmp_path / "quality_video_untrained_quick"
+    table = (stem.with_suffix(".md")).read_text()
+    assert "| topk d=0.25 | baseline a |" in table and "Commit:" in table and "Machine:" in table
+    assert len(json.loads(stem.with_suffix(".json").read_text())) == len(rows)
+    for png in (stem.with_suffix(".png"), tmp_path / "quality_video_untrained_quick_sheet.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_realized_density_equals_its_target(pipe):
+    row = quality.Row("topk", "topk", {"density": 0.25, "block_size": 16})
+    dense = {0: quality.generate(pipe, SMALL, seed=0)}
+    result, _ = quality.measure(pipe, SMALL, row, [0], dense)
+    # Grid 2x4x8 tokens in (1, 4, 4) tiles: 4 blocks, one kept per query block.
+    assert result["density"] == pytest.approx(0.25)
