@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dit_accel  # noqa: E402
-from dit_accel.methods.tiles import tile_order  # noqa: E402
+from dit_accel.methods.order import tile_order  # noqa: E402
 
 CONCENTRATED = 0.5
 

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(1, n, heads, dim, generator=g).to(args.device, dtype) for _ in range(3))
         ctx = AttentionContext(
-            CallContext(grid, "none", 0, 35, "cond", "transformer", "Wan"), LayerContext("blocks.0.attn1", 0)
+            CallContext(grid, "none", 0, 35, "cond", "transformer"), LayerContext("blocks.0.attn1", 0)
         )
         dense = median_ms(lambda q=q, k=k, v=v: dense_attention(q, k, v), args.repeats, args.device)
         density = element_density(grid, window)

@@ -29,6 +29,7 @@ from dit_accel.context import AttentionContext, CallContext, LayerContext  # noq
 from dit_accel.kernels import dense_attention  # noqa: E402
 from dit_accel.methods.curve_order import curve_order  # noqa: E402
 from dit_accel.methods.rectified import RectifiedSpaAttn  # noqa: E402
+from dit_accel.patches import adapter_named  # noqa: E402
 
 # name, family, grid, text tokens, heads, head_dim
 SHAPES = [
@@ -48,22 +49,21 @@ def shape_rows(name, family, grid, n_text, heads, dim, *, block, device, dtype, 
     text = torch.randn(3, 1, n_text, heads, dim, generator=torch.Generator().manual_seed(1))
     q, k, v = (torch.cat([t, x], dim=1).to(device, dtype) for t, x in zip(text, video, strict=True))
     ctx = AttentionContext(
-        CallContext(grid, "first" if n_text else "none", 10, 50, "cond", "transformer", family),
+        CallContext(grid, "first" if n_text else "none", 10, 50, "cond", "transformer"),
         LayerContext("blocks.10.attn1", 10),
     )
     dense = median_ms(lambda: dense_attention(q, k, v), repeats, device)
     order = curve_order(grid, q.device)
     video_part = slice(n_text, q.shape[1])
     # Queries, keys and values go to curve order and the output comes back: 4 gathers, timed as 2.
-    reorder = 2 * median_ms(lambda: order.from_curve(order.to_curve(q[:, video_part])), repeats, device)
-    qv, kv = order.to_curve(q[:, video_part]), order.to_curve(k[:, video_part])
-    text_k = k[:, :n_text] if n_text else None
+    reorder = 2 * median_ms(lambda: order.from_slots(order.to_slots(q[:, video_part])), repeats, device)
     rows = []
     for label, options in VARIANTS:
-        method = RectifiedSpaAttn(RectifiedSpaAttnConfig(block_size=block, **options))
-        select = median_ms(
-            lambda m=method: m.select(qv, kv, None, text_k, None, ctx.call, dim**-0.5), repeats, device
+        method = RectifiedSpaAttn(
+            adapter_named(family).resolve(RectifiedSpaAttnConfig(block_size=block, **options))
         )
+        operands = method.prepare(q, k, v, dim**-0.5, None, ctx)[0]
+        select = median_ms(lambda m=method, x=operands: m.plan(x, ctx), repeats, device)
         call = median_ms(
             lambda m=method: m(q, k, v, scale=None, key_padding_mask=None, context=ctx), repeats, device
         )

@@ -40,6 +40,7 @@ from dit_accel import RectifiedSpaAttnConfig  # noqa: E402
 from dit_accel.context import AttentionContext, CallContext, LayerContext  # noqa: E402
 from dit_accel.kernels import dense_attention  # noqa: E402
 from dit_accel.methods.rectified import RectifiedSpaAttn  # noqa: E402
+from dit_accel.patches import adapter_named  # noqa: E402
 
 # (label, config options): the four switch combinations of the reference's rectification, then
 # the per-row variant (spec section 4) with GAPR's trusted blocks and with every dropped block.
@@ -88,9 +89,14 @@ def attention_errors(name: str, drop: float) -> dict[str, float]:
     return {label: statistics.median(values) for label, values in errors.items()}
 
 
+def wan(config):
+    """The config as enabling it on Wan completes it (the family's defaults)."""
+    return adapter_named("Wan").resolve(config)
+
+
 def context(grid, family="Wan"):
     return AttentionContext(
-        CallContext(grid, "none", 10, 50, "cond", "transformer", family), LayerContext("blocks.5.attn1", 5)
+        CallContext(grid, "none", 10, 50, "cond", "transformer"), LayerContext("blocks.5.attn1", 5)
     )
 
 
@@ -104,7 +110,7 @@ def synthetic_rows(grid, heads, dim) -> list[str]:
     for drop in (0.5, 0.75, 0.9):
         errs, density = [], None
         for _, options in VARIANTS:
-            method = RectifiedSpaAttn(RectifiedSpaAttnConfig(sa_drop_rate=drop, **options))
+            method = RectifiedSpaAttn(wan(RectifiedSpaAttnConfig(sa_drop_rate=drop, **options)))
             out, density = method(q, k, v, scale=None, key_padding_mask=None, context=context(grid))
             errs.append(rel_l2(out, dense))
         lines.append(f"| {drop} | {float(density):.3f} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
@@ -164,7 +170,7 @@ def diagnosis_rows(grid, heads, dim, drop) -> list[str]:
             ("rect", {}),  # last: its selection is reused below
         )
         for name, cfg in variants:
-            method = RectifiedSpaAttn(RectifiedSpaAttnConfig(sa_drop_rate=drop, **cfg))
+            method = RectifiedSpaAttn(wan(RectifiedSpaAttnConfig(sa_drop_rate=drop, **cfg)))
             original = rectified_module.gapr_trusted
             if name == "all":
                 rectified_module.gapr_trusted = lambda qp, kp: torch.ones(
@@ -177,7 +183,7 @@ def diagnosis_rows(grid, heads, dim, drop) -> list[str]:
             errs[name] = rel_l2(out, dense)
         # Exact per-block correction and GAPR's trusted share, in curve order.
         order = curve_order(grid)
-        qv, kv, vv = (order.to_curve(x) for x in (q, k, v))
+        qv, kv, vv = (order.to_slots(x) for x in (q, k, v))
         sel = method.select(qv, kv, None, None, None, ctx.call, dim**-0.5)
         bs = method.config.block_size
         kept_blocks = sel.kept_columns  # (B, H, n_v, n_v)
@@ -192,7 +198,7 @@ def diagnosis_rows(grid, heads, dim, drop) -> list[str]:
         dropped_part = torch.einsum("bhqk,bkhd->bhqd", probs * ~kept_tok, vv)
 
         exact = block_mean(kept_mass, bs)[..., None] * o_sparse + block_mean(dropped_part, bs)
-        errs["exact"] = rel_l2(order.from_curve(exact.transpose(1, 2)), dense)
+        errs["exact"] = rel_l2(order.from_slots(exact.transpose(1, 2)), dense)
         lines.append(
             f"| {label} | {float(density):.3f} | {trusted_share:.2f} | {errs['plain']:.4f} | "
             f"{errs['rect']:.4f} | {errs['all']:.4f} | {errs['exact']:.4f} | {errs['row']:.4f} | "
@@ -212,7 +218,7 @@ def cost_rows(grid, heads, dim, repeats) -> list[str]:
     ]
     for drop in (0.75, 0.9):
         for ipar, gapr in ((True, True), (False, False)):
-            method = RectifiedSpaAttn(RectifiedSpaAttnConfig(sa_drop_rate=drop, ipar=ipar, gapr=gapr))
+            method = RectifiedSpaAttn(wan(RectifiedSpaAttnConfig(sa_drop_rate=drop, ipar=ipar, gapr=gapr)))
             ctx = context(grid)
             spent = defaultdict(float)
             original_select = method.select
@@ -234,7 +240,7 @@ def cost_rows(grid, heads, dim, repeats) -> list[str]:
             )
             select_share = spent["select"] * 1e3 / (repeats + 1) / total
             # Rectification share: the same call with both corrections off, same layout.
-            plain = RectifiedSpaAttn(RectifiedSpaAttnConfig(sa_drop_rate=drop, ipar=False, gapr=False))
+            plain = RectifiedSpaAttn(wan(RectifiedSpaAttnConfig(sa_drop_rate=drop, ipar=False, gapr=False)))
             plain_ms = median_ms(
                 lambda plain=plain, ctx=ctx: plain(q, k, v, scale=None, key_padding_mask=None, context=ctx),
                 repeats,

@@ -8,17 +8,15 @@
 from __future__ import annotations
 
 from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
-from .config import (
-    DenseConfig,
-    FreeSwimConfig,
-    RectifiedSpaAttnConfig,
-    RettentionConfig,
-    SparseAttentionConfig,
-    TopKConfig,
-    VMoBAConfig,
-    Window3DConfig,
-    available_methods,
-)
+from .config import SparseAttentionConfig, available_methods
+from .methods.corrections import RectifyCorrection, RettentionCorrection
+from .methods.dense import DenseConfig
+from .methods.freeswim import FreeSwimConfig
+from .methods.rectified import RectifiedSpaAttnConfig
+from .methods.rettention import RettentionConfig
+from .methods.topk import TopKConfig
+from .methods.vmoba import VMoBAConfig
+from .methods.window3d import Window3DConfig
 from .report import SparseAttentionReport
 from .versions import check_diffusers
 
@@ -33,7 +31,9 @@ __all__ = [
     "DenseConfig",
     "FreeSwimConfig",
     "RectifiedSpaAttnConfig",
+    "RectifyCorrection",
     "RettentionConfig",
+    "RettentionCorrection",
     "SparseAttentionConfig",
     "SparseAttentionReport",
     "TopKConfig",

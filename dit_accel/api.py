@@ -67,6 +67,8 @@ def enable_sparse_attention(
 
     config = resolve_config("window3d" if method == "auto" else method, **overrides)
     targets = _transformers(pipe_or_transformer)
+    # The transformers of one pipeline are of one family: its defaults complete the config.
+    config = adapter_for(targets[0][1]).resolve(config)
     disable_sparse_attention(pipe_or_transformer)
     session = SparseSession(config)
     scheduler = getattr(pipe_or_transformer, "scheduler", None)

@@ -33,8 +33,8 @@ class CallContext:
         num_inference_steps: total steps when the pipeline says so, else None.
         cfg_branch: "cond", "uncond", "cond_uncond" (both in one batch) or "unknown".
         transformer_name: which transformer of the pipeline runs ("transformer", "transformer_2").
-        family: the adapter's model family ("Wan", "HunyuanVideo", "CogVideoX", "PixArt"), for
-            per-family config defaults (never for branching inside an algorithm).
+
+    No model family: what depends on it is resolved into the config when a method is enabled.
     """
 
     grid: tuple[int, int, int]
@@ -43,7 +43,6 @@ class CallContext:
     num_inference_steps: int | None
     cfg_branch: str
     transformer_name: str
-    family: str = ""
 
     @property
     def num_video_tokens(self) -> int:
@@ -73,13 +72,15 @@ class AttentionContext:
 
 
 CURRENT_CALL: ContextVar[CallContext | None] = ContextVar("dit_accel_call", default=None)
-CURRENT_LAYER: ContextVar[LayerContext | None] = ContextVar("dit_accel_layer", default=None)
 CURRENT_BRANCH: ContextVar[tuple[str, dict] | None] = ContextVar("dit_accel_branch", default=None)
+#: True while a transformer forward runs with the batch doubled into [method items, full-attention
+#: items] (the twin branch a method like FreeSwim asks the adapter for).
+TWIN_BRANCH: ContextVar[bool] = ContextVar("dit_accel_twin_branch", default=False)
 
 
 def current_context() -> AttentionContext | None:
     """The context of the attention call in progress, or None outside a patched transformer."""
-    call, layer = CURRENT_CALL.get(), CURRENT_LAYER.get()
+    call, layer = CURRENT_CALL.get(), layer_of(running_layer_key())
     if call is None or layer is None:
         return None
     return AttentionContext(call, layer)

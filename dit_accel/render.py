@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import FreeSwimConfig, resolve_config
+from .config import resolve_config
+from .methods.freeswim import FreeSwimConfig
 from .sizes import check_frame_size
 
 logger = logging.getLogger(__name__)

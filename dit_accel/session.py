@@ -13,7 +13,7 @@ import torch
 
 from .config import SparseAttentionConfig
 from .context import AttentionContext
-from .methods import SparseMethod, build_method
+from .methods import GridCache, SparseMethod, build_method
 from .report import SparseAttentionReport
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class StepTracker:
 class SparseSession:
     def __init__(self, config: SparseAttentionConfig) -> None:
         self.config = config
-        self.method: SparseMethod = build_method(config)
+        #: Per-grid orders and layouts: built once, freed on disable.
+        self.cache = GridCache()
+        self.method: SparseMethod = build_method(config, self.cache)
         self.steps = StepTracker(on_new_generation=self.start_generation)
         self.records: list[dict] = []
         self.fallbacks: dict[str, str] = {}
@@ -95,4 +97,4 @@ class SparseSession:
         )
 
     def close(self) -> None:
-        self.method.reset()
+        self.method.close()

@@ -17,7 +17,7 @@ def test_info_lists_families_and_methods(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "Wan, HunyuanVideo, CogVideoX, PixArt" in out
-    assert "dense, freeswim, rectified, rettention, vmoba, window3d" in out
+    assert "dense, freeswim, rectified, rettention, topk, vmoba, window3d" in out
 
 
 def test_module_entry_point_runs():

@@ -152,7 +152,7 @@ def test_attention_op_fake_matches_real(method, dtype):
     with a method serving the call (a 3x10x14 Wan grid, text-free self-attention)."""
     config = resolve_config(method, block_size=16, **EVERY_METHOD[method])
     session = SparseSession(config)
-    call = CallContext((3, 10, 14), "none", 1, 4, "cond", "transformer", "Wan")
+    call = CallContext((3, 10, 14), "none", 1, 4, "cond", "transformer")
     key = register_layer(LayerContext("blocks.0.attn1", 0))
     q, k, v = (torch.randn(1, 420, 2, 16, dtype=dtype) for _ in range(3))
     tokens = (ACTIVE_SESSION.set(session), CURRENT_CALL.set(call))

@@ -44,7 +44,7 @@ def test_invalid_values_raise_with_the_field_name(kwargs, error, match):
 
 
 def test_unknown_method_lists_available_ones():
-    expected = "available: dense, freeswim, rectified, rettention, vmoba, window3d"
+    expected = "available: dense, freeswim, rectified, rettention, topk, vmoba, window3d"
     with pytest.raises(ValueError, match=expected):
         resolve_config("flashy")
 

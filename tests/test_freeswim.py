@@ -12,7 +12,7 @@ import torch
 
 import dit_accel
 from dit_accel import FreeSwimConfig
-from dit_accel.context import AttentionContext, CallContext, LayerContext
+from dit_accel.context import TWIN_BRANCH, AttentionContext, CallContext, LayerContext
 from dit_accel.kernels.reference import dense_attention_torch
 from dit_accel.methods import freeswim as freeswim_module
 from dit_accel.methods.freeswim import FreeSwim
@@ -46,7 +46,7 @@ def oracle_mask(grid, window, inward=True):
 
 def context(grid, family="Wan", step=0, branch="cond", text_position="none"):
     return AttentionContext(
-        CallContext(grid, text_position, step, 3, branch, "transformer", family),
+        CallContext(grid, text_position, step, 3, branch, "transformer"),
         LayerContext("blocks.0.attn1", 0),
     )
 
@@ -81,7 +81,7 @@ def test_hand_example_keys_of_query_zero_and_equal_work():
     grid = (2, 6, 8)
     wl = window_layout(grid, (3, 5), True, "spatial", 16, torch.device("cpu"))
     em = wl.element_mask
-    dense = em.dense()[wl.inverse][:, wl.inverse]  # back to frame-major order
+    dense = em.dense()[wl.order.inverse][:, wl.order.inverse]  # back to frame-major order
     expected = [k for start in (0, 8, 16, 48, 56, 64) for k in range(start, start + 5)]
     assert torch.nonzero(dense[0]).flatten().tolist() == expected
     assert (dense.sum(1) == 30).all()
@@ -99,7 +99,9 @@ def test_tile_lists_reproduce_the_tiled_dense_mask(order, inward):
         block = int((8, 16, 32)[int(torch.randint(3, (1,), generator=g))])
         wl = window_layout(grid, window, inward, order, block, torch.device("cpu"))
         n = grid[0] * grid[1] * grid[2]
-        truth = oracle_mask(grid, window, inward)[wl.gather][:, wl.gather]  # in the layout's order
+        truth = oracle_mask(grid, window, inward)[wl.order.gather][
+            :, wl.order.gather
+        ]  # in the layout's order
         nb = -(-n // block)
         padded = torch.zeros(nb * block, nb * block, dtype=torch.bool)
         padded[:n, :n] = truth
@@ -514,7 +516,7 @@ def test_workflow_drafts_at_base_and_refines_at_twice_the_grid(monkeypatch):
     original = FreeSwim.attend
 
     def spy(self, q, k, v, **kw):
-        seen.append((kw["context"].call.grid, kw["context"].call.step_index, freeswim_module.DUAL_PATH.get()))
+        seen.append((kw["context"].call.grid, kw["context"].call.step_index, TWIN_BRANCH.get()))
         return original(self, q, k, v, **kw)
 
     monkeypatch.setattr(FreeSwim, "attend", spy)

@@ -12,13 +12,13 @@ import math
 import pytest
 import tiny_pipelines as tp
 import torch
+from families import resolved
 
 from dit_accel import RectifiedSpaAttnConfig
 from dit_accel.context import AttentionContext, CallContext, LayerContext
 from dit_accel.kernels import num_blocks
 from dit_accel.methods.curve_order import block_neighbours, curve_order
-from dit_accel.methods.rectified import RectifiedSpaAttn
-from dit_accel.methods.rectified_pooling import (
+from dit_accel.methods.pooling import (
     PooledBlocks,
     estimated_block_mass,
     gapr_trusted,
@@ -26,13 +26,14 @@ from dit_accel.methods.rectified_pooling import (
     top_k_floor,
     top_p_with_floor,
 )
+from dit_accel.methods.rectified import RectifiedSpaAttn
 
 FAMILIES = {"none": "Wan", "last": "HunyuanVideo", "first": "CogVideoX"}
 
 
 def context(grid, text_position, family, step=7, layer=3):
     return AttentionContext(
-        CallContext(grid, text_position, step, 10, "cond", "transformer", family),
+        CallContext(grid, text_position, step, 10, "cond", "transformer"),
         LayerContext(f"blocks.{layer}.attn1", layer),
     )
 
@@ -117,7 +118,7 @@ def oracle(q, k, v, grid, text_position, n_text, padding, cfg, drop, first_frame
     n_video = total - n_text
     video = slice(n_text, total) if text_position == "first" else slice(0, n_video)
     text = slice(0, n_text) if text_position == "first" else slice(n_video, total)
-    perm = curve_order(grid).perm
+    perm = curve_order(grid).gather
     bs = cfg.block_size
     n_v = num_blocks(n_video, bs)
     nbr = block_neighbours(grid, bs) if cfg.neighbours else torch.eye(n_v, dtype=torch.bool)
@@ -247,7 +248,7 @@ def test_rectified_equals_the_float64_oracle(text_position, ipar, gapr, means, r
     )
     q, k, v, padding = _inputs(grid, n_text, text_position, seed)
     family = FAMILIES[text_position]
-    method = RectifiedSpaAttn(cfg)
+    method = RectifiedSpaAttn(resolved(cfg, family))
     out, density = method(
         q, k, v, scale=None, key_padding_mask=padding, context=context(grid, text_position, family)
     )
@@ -264,7 +265,7 @@ def test_first_frame_square_and_neighbours_match_the_oracle(first_frame):
     grid = (4, 6, 6)
     cfg = RectifiedSpaAttnConfig(block_size=16, sa_drop_rate=0.95, first_frame=first_frame)
     q, k, v, padding = _inputs(grid, 0, "none", seed)
-    out, _ = RectifiedSpaAttn(cfg)(
+    out, _ = RectifiedSpaAttn(resolved(cfg, "Wan"))(
         q, k, v, scale=0.3, key_padding_mask=padding, context=context(grid, "none", "Wan")
     )
     ref = oracle(q, k, v, grid, "none", 0, padding, cfg, 0.95, first_frame, 0.3)
@@ -278,7 +279,8 @@ def test_keeping_every_block_gives_dense_attention():
     seed = torch.Generator().seed()
     grid = (3, 5, 7)
     q, k, v, padding = _inputs(grid, 4, "last", seed)
-    method = RectifiedSpaAttn(RectifiedSpaAttnConfig(block_size=16, sa_drop_rate=0.0))
+    config = RectifiedSpaAttnConfig(block_size=16, sa_drop_rate=0.0)
+    method = RectifiedSpaAttn(resolved(config, "HunyuanVideo"))
     out, density = method(
         q, k, v, scale=None, key_padding_mask=padding, context=context(grid, "last", "HunyuanVideo")
     )
@@ -288,18 +290,20 @@ def test_keeping_every_block_gives_dense_attention():
 
 
 def test_family_defaults_pick_dense_steps_and_layers():
-    method = RectifiedSpaAttn(RectifiedSpaAttnConfig())
+    def method(family, **fields):
+        return RectifiedSpaAttn(resolved(RectifiedSpaAttnConfig(**fields), family))
+
     grid = (2, 4, 4)
-    assert method.keeps_dense(context(grid, "none", "Wan", step=4, layer=7))  # 5 dense steps
-    assert method.keeps_dense(context(grid, "none", "Wan", step=9, layer=1))  # layers 0-1
-    assert not method.keeps_dense(context(grid, "none", "Wan", step=5, layer=2))
-    assert not method.keeps_dense(context(grid, "last", "HunyuanVideo", step=0, layer=0))
-    assert method.keeps_dense(context(grid, "first", "CogVideoX", step=4, layer=0))
-    assert method.family_defaults(context(grid, "last", "HunyuanVideo").call)[0] == 0.8
-    explicit = RectifiedSpaAttn(RectifiedSpaAttnConfig(dense_steps=0, dense_layers=(3,), sa_drop_rate=0.5))
+    assert method("Wan").keeps_dense(context(grid, "none", "Wan", step=4, layer=7))  # 5 dense steps
+    assert method("Wan").keeps_dense(context(grid, "none", "Wan", step=9, layer=1))  # layers 0-1
+    assert not method("Wan").keeps_dense(context(grid, "none", "Wan", step=5, layer=2))
+    assert not method("HunyuanVideo").keeps_dense(context(grid, "last", "HunyuanVideo", step=0, layer=0))
+    assert method("CogVideoX").keeps_dense(context(grid, "first", "CogVideoX", step=4, layer=0))
+    assert method("HunyuanVideo").drop_rate() == 0.8
+    explicit = method("Wan", dense_steps=0, dense_layers=(3,), sa_drop_rate=0.5)
     assert not explicit.keeps_dense(context(grid, "none", "Wan", step=0, layer=0))
     assert explicit.keeps_dense(context(grid, "none", "Wan", step=9, layer=3))
-    assert explicit.family_defaults(context(grid, "none", "Wan").call)[0] == 0.5
+    assert explicit.drop_rate() == 0.5
 
 
 @pytest.mark.parametrize(
@@ -335,7 +339,7 @@ def test_tiny_pipelines_run_sparse_and_restore(name):
 
 
 def test_per_row_rectify_is_the_same_in_row_chunks():
-    from dit_accel.methods.rectified_pooling import per_row_rectify, pool_blocks
+    from dit_accel.methods.pooling import per_row_rectify, pool_blocks
 
     seed = torch.Generator().seed()
     g = torch.Generator().manual_seed(seed)

@@ -6,6 +6,7 @@ import pytest
 import tiny_pipelines as tp
 import torch
 from benchmark_scripts import run_script
+from families import resolved
 
 from dit_accel import RettentionConfig
 from dit_accel.context import AttentionContext, CallContext, LayerContext
@@ -33,7 +34,7 @@ def test_schedule_scales_with_the_number_of_steps():
 
 def _context(step, grid, layer="blocks.0.attn1", branch="cond", steps=20, family="PixArt"):
     return AttentionContext(
-        CallContext(grid, "none", step, steps, branch, "transformer", family), LayerContext(layer, 0)
+        CallContext(grid, "none", step, steps, branch, "transformer"), LayerContext(layer, 0)
     )
 
 
@@ -61,7 +62,7 @@ def test_twenty_step_run_follows_the_equations_step_by_step():
     g.seed()
     grid, sparsity = (1, 6, 9), 0.25
     n = 54
-    method = Rettention(RettentionConfig(sparsity=sparsity, block_size=16))
+    method = Rettention(resolved(RettentionConfig(sparsity=sparsity, block_size=16), "PixArt"))
     allowed = _band_mask(n, sparsity)[None, None]
     rho_cache = delta = None
     for step in range(20):
@@ -86,7 +87,7 @@ def test_full_mask_gives_rho_one_and_no_residual():
     g = torch.Generator()
     g.seed()
     # A 3D window (video grid) at sparsity 1 spans the whole grid: the mask keeps every key.
-    method = Rettention(RettentionConfig(sparsity=1.0, block_size=16))
+    method = Rettention(resolved(RettentionConfig(sparsity=1.0, block_size=16), "Wan"))
     grid = (2, 4, 5)
     q, k, v = (torch.randn(1, 40, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
     method(q, k, v, scale=None, key_padding_mask=None, context=_context(15, grid, steps=50, family="Wan"))
@@ -100,7 +101,7 @@ def test_full_mask_gives_rho_one_and_no_residual():
 
 
 def test_state_is_kept_per_branch_and_sized():
-    method = Rettention(RettentionConfig(block_size=16, sparsity=0.25))
+    method = Rettention(resolved(RettentionConfig(block_size=16, sparsity=0.25), "PixArt"))
     q = torch.randn(1, 54, 2, 8)
     for branch in ("cond", "uncond"):
         method(q, q, q, scale=None, key_padding_mask=None, context=_context(5, (1, 6, 9), branch=branch))
@@ -110,9 +111,8 @@ def test_state_is_kept_per_branch_and_sized():
 
 
 def test_state_can_live_on_the_cpu_in_low_precision():
-    method = Rettention(
-        RettentionConfig(block_size=16, sparsity=0.25, state_dtype="bfloat16", state_device="cpu")
-    )
+    config = RettentionConfig(block_size=16, sparsity=0.25, state_dtype="bfloat16", state_device="cpu")
+    method = Rettention(resolved(config, "PixArt"))
     q = torch.randn(1, 54, 2, 8)
     method(q, q, q, scale=None, key_padding_mask=None, context=_context(5, (1, 6, 9)))
     state = method.state.get("transformer.blocks.0.attn1", "cond")

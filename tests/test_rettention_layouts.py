@@ -60,9 +60,9 @@ def expand_to_original(static: StaticSparseLayout) -> torch.Tensor:
     if static.element_mask is not None:
         allowed &= static.element_mask.dense() | ~part[:n_slots, :n_keys]
     allowed &= static.key_valid()[None]
-    if static.order_inverse is None:
+    if static.order.identity:
         return allowed
-    inv = static.order_inverse
+    inv = static.order.inverse
     key_index = torch.cat([inv, torch.arange(n_slots, n_keys)])
     return allowed[inv][:, key_index]
 
@@ -130,15 +130,10 @@ def test_window3d_wraps_tile_layout():
     assert dense[:, -5:].all()
     assert static.element_density() == pytest.approx(dense.double().mean().item(), abs=1e-12)
     x = torch.randn(2, 360, 3)
-    assert torch.equal(static.from_order(static.to_order(x)), x)
+    assert torch.equal(static.order.from_slots(static.order.to_slots(x)), x)
     # tile=None: Window3DConfig's default tile for the block size (64 -> (1, 8, 8)).
     default = window3d_layout((3, 10, 12), (2, 8, 8), None, 64, 5)
     assert default.num_slots == 3 * 16 * 16
-
-
-def test_layouts_are_cached():
-    assert band_layout(64, 0.125, 3, 16, 16) is band_layout(64, 0.125, 3, 16, 16, device=CPU)
-    assert frame_window_layout((3, 4, 5), 0.3, 6, 8, 16) is frame_window_layout((3, 4, 5), 0.3, 6, 8, 16)
 
 
 # ----------------------------------------------------------------------------- through the kernel
@@ -167,12 +162,12 @@ def test_kernel_matches_dense_oracle(case, use_padding_mask):
     q, k, v = (torch.randn(2, n_video + n_text, 3, 8, generator=gen, dtype=torch.float64) for _ in range(3))
 
     def keys(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([static.to_order(x[:, :n_video]), x[:, n_video:]], dim=1)
+        return torch.cat([static.order.to_slots(x[:, :n_video]), x[:, n_video:]], dim=1)
 
     kpm = static.key_valid()[None].expand(2, -1) if use_padding_mask else None
-    needs_padding_mask = static.element_mask is None and static.order_valid is not None
+    needs_padding_mask = static.element_mask is None and static.order.valid is not None
     out = block_sparse_attention(
-        static.to_order(q[:, :n_video]),
+        static.order.to_slots(q[:, :n_video]),
         keys(k),
         keys(v),
         static.layout,
@@ -181,7 +176,7 @@ def test_kernel_matches_dense_oracle(case, use_padding_mask):
         kv_partial=static.kv_partial,
         backend="torch",
     )
-    out = static.from_order(out)
+    out = static.order.from_slots(out)
     ref = dense_attention_torch(
         q[:, :n_video], k, v, element_mask=None, key_padding_mask=None, block_mask=expected[None, None]
     ).out
@@ -238,7 +233,7 @@ def test_spec_shapes_cogvideox():
     # 13 * 43 + 226 = 785 of 17,776 keys for interior rows (4.4 %), a little less at frame borders.
     assert 0.043 < elem < 785 / 17_776
     # Interior video query: exactly 13 * 43 video keys (its row alone; the full mask is too large).
-    mid = static.order_inverse[675]  # frame 0, in-frame index 675
+    mid = static.order.inverse[675]  # frame 0, in-frame index 675
     em = static.element_mask
     allowed = (em.q_lo[0, mid] <= em.k_coord[0, :17_550]) & (em.k_coord[0, :17_550] < em.q_hi[0, mid])
     assert int(allowed.sum()) == 13 * 43

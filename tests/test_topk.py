@@ -8,7 +8,8 @@ import torch
 from dit_accel import TopKConfig
 from dit_accel.context import AttentionContext, CallContext, LayerContext
 from dit_accel.kernels.reference import dense_attention_torch
-from dit_accel.methods.topk import TopK, block_means, top_k_mask
+from dit_accel.methods.pooling import pool_blocks
+from dit_accel.methods.topk import TopK, top_k_mask
 
 
 def context(grid, text_position="none") -> AttentionContext:
@@ -19,7 +20,6 @@ def context(grid, text_position="none") -> AttentionContext:
         num_inference_steps=8,
         cfg_branch="cond",
         transformer_name="transformer",
-        family="Wan",
     )
     return AttentionContext(call, LayerContext(name="blocks.0.attn1", index=0))
 
@@ -27,7 +27,7 @@ def context(grid, text_position="none") -> AttentionContext:
 def test_block_means_ignore_padding_slots():
     x = torch.arange(8.0).view(1, 8, 1, 1)
     valid = torch.tensor([[True, True, False, False, True, True, True, True]])
-    means = block_means(x, valid, 4)
+    means = pool_blocks(x, 4, valid, "valid", torch.float32).mean
     assert means.flatten().tolist() == [0.5, 5.5]
 
 

@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from dit_accel.kernels import BlockLayout, ElementMask, num_blocks, refresh_attention, two_pass_refresh
+from benchmarks.bench_rettention import two_pass_refresh
+from dit_accel.kernels import BlockLayout, ElementMask, num_blocks, refresh_attention
 from dit_accel.kernels.refresh import refresh_attention_torch
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"

@@ -8,7 +8,7 @@ import torch
 from dit_accel import Window3DConfig
 from dit_accel.context import AttentionContext, CallContext, LayerContext
 from dit_accel.kernels.reference import dense_attention_torch
-from dit_accel.methods.tiles import tile_order
+from dit_accel.methods.order import tile_order
 from dit_accel.methods.window3d import Window3D, window_block_mask
 
 CPU = torch.device("cpu")
@@ -62,7 +62,7 @@ def test_tile_order_is_a_permutation_that_round_trips(grid, tile):
     assert int(order.valid.sum()) == n
     assert sorted(order.gather[order.valid].tolist()) == list(range(n))
     x = torch.randn(2, n, 3)
-    assert torch.equal(order.from_tiles(order.to_tiles(x)), x)
+    assert torch.equal(order.from_slots(order.to_slots(x)), x)
     # Tokens of one block share one tile: their (f, h, w) // tile are equal.
     block = tile[0] * tile[1] * tile[2]
     src = order.gather.view(-1, block)

@@ -17,8 +17,7 @@ from .dense import dense_attention
 from .element_mask import ElementMask
 from .layout import BlockLayout, num_blocks
 from .reference import AttentionResult, block_sparse_attention_torch
-from .refresh import RefreshResult, ratio_from_lse, refresh_attention_torch
-from .row_chunk_mask import RowChunkMask
+from .refresh import RefreshResult, refresh_attention_torch
 
 Backend = Literal["auto", "triton", "torch"]
 
@@ -27,7 +26,6 @@ __all__ = [
     "BlockLayout",
     "ElementMask",
     "RefreshResult",
-    "RowChunkMask",
     "attention_with_stats",
     "block_sparse_attention",
     "dense_attention",
@@ -63,16 +61,10 @@ def triton_available() -> bool:
     return _triton_module() is not None
 
 
-def _use_triton(
-    q: torch.Tensor, layout: BlockLayout, scale: float | None, backend: str, row_chunk_mask: object = None
-) -> bool:
+def _use_triton(q: torch.Tensor, layout: BlockLayout, scale: float | None, backend: str) -> bool:
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "torch":
-        return False
-    if row_chunk_mask is not None:
-        if backend == "triton":
-            raise ValueError("row_chunk_mask is not supported by the Triton kernel yet; use backend='torch'")
         return False
     if backend == "auto" and not q.is_cuda:
         return False
@@ -108,7 +100,6 @@ def block_sparse_attention(
     key_padding_mask: torch.Tensor | None = None,
     element_mask: ElementMask | None = None,
     kv_partial: torch.Tensor | None = None,
-    row_chunk_mask: RowChunkMask | None = None,
     return_lse: bool = False,
     backend: Backend = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +117,6 @@ def block_sparse_attention(
         kv_partial: bool, shaped like ``layout.kv_indices`` (B/H may be 1): the entries the
             ``element_mask`` applies to (the others are attended whole). None = every entry;
             ``element_mask.kv_partial(layout)`` gives the same result with full tiles left fast.
-        row_chunk_mask: optional per-(batch, head, query) selection of key chunks, applied inside
-            every listed block (``RowChunkMask``; PyTorch path only for now).
         return_lse: also return the natural-log sum-exp per row, fp32, (batch, heads, seq_q).
         backend: "auto", "triton" or "torch". "triton" on CPU tensors runs only under Triton's
             interpreter (TRITON_INTERPRET=1), and raises a clear error otherwise.
@@ -145,7 +134,6 @@ def block_sparse_attention(
         key_padding_mask,
         element_mask,
         kv_partial,
-        row_chunk_mask,
         backend,
         stats="lse" if return_lse else "none",
     )
@@ -162,7 +150,6 @@ def attention_with_stats(
     key_padding_mask: torch.Tensor | None = None,
     element_mask: ElementMask | None = None,
     kv_partial: torch.Tensor | None = None,
-    row_chunk_mask: RowChunkMask | None = None,
     backend: Backend = "auto",
 ) -> AttentionResult:
     """Like ``block_sparse_attention`` but returns output, LSE, row max and row sum together."""
@@ -175,21 +162,20 @@ def attention_with_stats(
         key_padding_mask,
         element_mask,
         kv_partial,
-        row_chunk_mask,
         backend,
         stats="all",
     )
 
 
 def _dispatch(
-    q, k, v, layout, scale, key_padding_mask, element_mask, kv_partial, row_chunk_mask, backend, *, stats: str
+    q, k, v, layout, scale, key_padding_mask, element_mask, kv_partial, backend, *, stats: str
 ) -> AttentionResult:
     masks = dict(key_padding_mask=key_padding_mask, element_mask=element_mask, kv_partial=kv_partial)
-    if _use_triton(q, layout, scale, backend, row_chunk_mask):
+    if _use_triton(q, layout, scale, backend):
         return _triton_module().triton_block_sparse_attention(
             q, k, v, layout, scale=scale, stats=stats, **masks
         )
-    return block_sparse_attention_torch(q, k, v, layout, scale=scale, row_chunk_mask=row_chunk_mask, **masks)
+    return block_sparse_attention_torch(q, k, v, layout, scale=scale, **masks)
 
 
 def refresh_attention(
@@ -216,31 +202,3 @@ def refresh_attention(
 
         return triton_refresh_attention(q, k, v, layout, scale=scale, **masks)
     return refresh_attention_torch(q, k, v, layout, scale=scale, **masks)
-
-
-def two_pass_refresh(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: BlockLayout,
-    *,
-    scale: float | None = None,
-    key_padding_mask: torch.Tensor | None = None,
-    element_mask: ElementMask | None = None,
-    kv_partial: torch.Tensor | None = None,
-    backend: Backend = "auto",
-) -> RefreshResult:
-    """``refresh_attention`` from a full and a sparse pass with LSEs (rho = exp(LSE_S - LSE_full)).
-
-    The reference's way and the benchmarks' baseline for the fused pass; not used by the methods.
-    """
-    full_layout = BlockLayout.full(
-        layout.num_q_blocks, layout.num_k_blocks, layout.block_size_q, layout.block_size_k, device=q.device
-    )
-    kw = dict(scale=scale, key_padding_mask=key_padding_mask, backend=backend)
-    full = attention_with_stats(q, k, v, full_layout, **kw)
-    sparse = attention_with_stats(q, k, v, layout, element_mask=element_mask, kv_partial=kv_partial, **kw)
-    rho = ratio_from_lse(sparse.lse, full.lse)
-    compute = torch.promote_types(q.dtype, torch.float32)
-    kept = (sparse.out.to(compute) * rho.transpose(1, 2).unsqueeze(-1)).to(q.dtype)
-    return RefreshResult(full.out, rho, kept)

@@ -1,34 +1,16 @@
-"""Attention algorithms, model-agnostic; one module per method, one registry line each."""
+"""Attention algorithms, model-agnostic: each module holds one method's config and code and
+registers the pair (``config.register_method``); importing this package registers them all."""
 
 from __future__ import annotations
 
-from ..config import SparseAttentionConfig
-from .base import SparseMethod, StateStore
-from .dense import Dense
-from .freeswim import FreeSwim
-from .rectified import RectifiedSpaAttn
-from .rettention import Rettention
-from .topk import TopK
-from .vmoba import VMoBA
-from .window3d import Window3D
-
-_METHODS: dict[str, type[SparseMethod]] = {
-    "dense": Dense,
-    "window3d": Window3D,
-    "topk": TopK,
-    "vmoba": VMoBA,
-    "rettention": Rettention,
-    "rectified": RectifiedSpaAttn,
-    "freeswim": FreeSwim,
-}
+from ..config import SparseAttentionConfig, method_class
+from . import dense, freeswim, rectified, rettention, topk, vmoba, window3d  # noqa: F401  (registration)
+from .base import GridCache, SparseMethod, StateStore
 
 
-def build_method(config: SparseAttentionConfig) -> SparseMethod:
-    """The method object that serves ``config``."""
-    try:
-        return _METHODS[config.method](config)
-    except KeyError:
-        raise ValueError(f"no method implementation for config {type(config).__name__}") from None
+def build_method(config: SparseAttentionConfig, cache: GridCache | None = None) -> SparseMethod:
+    """The method object that serves ``config`` (looked up by config type)."""
+    return method_class(config)(config, cache)
 
 
-__all__ = ["SparseMethod", "StateStore", "build_method"]
+__all__ = ["GridCache", "SparseMethod", "StateStore", "build_method"]

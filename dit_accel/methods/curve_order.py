@@ -19,13 +19,13 @@ is one addition and a straight segment is a ``range``: 120k cells take well unde
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 
 import torch
 
 from ..config import positive_int
+from .order import TokenOrder
 
 Cell = tuple[int, int, int]
 Axis = tuple[int, int]
@@ -39,36 +39,6 @@ _MOVES: tuple[Cell, ...] = tuple(
         key=lambda d: sum(x != 0 for x in d),
     )
 )
-
-
-@dataclass(frozen=True)
-class CurveOrder:
-    """Gather/scatter indices between frame-major token order and curve order.
-
-    The tensors are shared through the cache of :func:`curve_order`: never modify them in place.
-
-    Attributes:
-        perm: int64 (N,): ``perm[p]`` is the frame-major token index at curve position ``p``.
-        inverse: int64 (N,): ``inverse[token]`` is the curve position of a frame-major token.
-        grid: (T, H, W) tokens.
-    """
-
-    perm: torch.Tensor
-    inverse: torch.Tensor
-    grid: tuple[int, int, int]
-
-    def to_curve(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, ...) frame-major -> (B, N, ...) curve order."""
-        return x.index_select(1, _on(self.perm, x.device))
-
-    def from_curve(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, ...) curve order -> (B, N, ...) frame-major; undoes :meth:`to_curve`."""
-        return x.index_select(1, _on(self.inverse, x.device))
-
-
-def _on(index: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # A no-op in the normal case (order built for the activations' device); a copy otherwise.
-    return index if index.device == device else index.to(device)
 
 
 def _grid(grid: Sequence[int]) -> tuple[int, int, int]:
@@ -193,18 +163,13 @@ def curve_cells(grid: Sequence[int]) -> list[Cell]:
     return [(i // (h * w), i // w % h, i % w) for i in _curve_flat(grid_t)]
 
 
-def curve_order(grid: Sequence[int], device: torch.device | str = "cpu") -> CurveOrder:
-    """The curve order of a (T, H, W) token grid; cached per (grid, device)."""
-    return _curve_order(_grid(grid), torch.device(device))
-
-
-@lru_cache(maxsize=32)
-def _curve_order(grid: tuple[int, int, int], device: torch.device) -> CurveOrder:
+def curve_order(grid: Sequence[int], device: torch.device | str = "cpu") -> TokenOrder:
+    """The curve order of a (T, H, W) token grid: slot ``p`` holds frame-major token ``gather[p]``."""
     # Built on the CPU (the walk is Python), then moved once.
-    perm = torch.tensor(_curve_flat(grid), dtype=torch.long)
+    perm = torch.tensor(_curve_flat(_grid(grid)), dtype=torch.long)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel())
-    return CurveOrder(perm=perm.to(device), inverse=inverse.to(device), grid=grid)
+    return TokenOrder(perm.to(device), inverse.to(device))
 
 
 def block_neighbours(
@@ -214,13 +179,11 @@ def block_neighbours(
 
     Block ``b`` is curve positions ``[b*block_size, (b+1)*block_size)`` (the last may be partial).
     ``[b, c]`` is True when some token of b is within Chebyshev distance 1 of some token of c in
-    (t, h, w); so the diagonal is True and the matrix is symmetric. Cached per arguments: never modify
-    the result in place.
+    (t, h, w); so the diagonal is True and the matrix is symmetric.
     """
     return _block_neighbours(_grid(grid), positive_int(block_size, "block_size"), torch.device(device))
 
 
-@lru_cache(maxsize=32)
 def _block_neighbours(grid: tuple[int, int, int], block_size: int, device: torch.device) -> torch.Tensor:
     # O(27 N): for every offset, pair each token's block with the block of the token at that offset.
     # The offset set is symmetric, so the pairs (and the matrix) are; offset 0 gives the diagonal.

@@ -7,31 +7,49 @@ with a full layout, which checks that path end to end.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import DenseConfig
-from ..context import AttentionContext
-from ..kernels import BlockLayout, block_sparse_attention, dense_attention, num_blocks
-from .base import SparseMethod
+from ..config import SparseAttentionConfig, register_method
+from ..kernels import BlockLayout, dense_attention, num_blocks
+from .base import Operands, Plan, SparseMethod
+
+
+@dataclass(frozen=True)
+class DenseConfig(SparseAttentionConfig):
+    """Exact dense attention through dit-accel's whole path: the control for every comparison.
+
+    Attributes:
+        use_block_kernel: run dense attention through the block-sparse kernel with a full layout
+            instead of PyTorch's scaled_dot_product_attention (checks the kernel path; slower).
+    """
+
+    method: ClassVar[str] = "dense"
+
+    use_block_kernel: bool = False
 
 
 class Dense(SparseMethod):
     config_cls: ClassVar[type[DenseConfig]] = DenseConfig
 
-    def attend(self, q, k, v, *, scale, key_padding_mask, context: AttentionContext):
+    def own_correction(self):
+        return None
+
+    def refuses_correction(self, correction) -> str:
+        return "dense attention drops nothing to correct"
+
+    def attend(self, q, k, v, *, scale, key_padding_mask, context):
         if not self.config.use_block_kernel:
             return dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask), 1.0
-        block = self.config.block_size
-        layout = BlockLayout.full(
-            num_blocks(q.shape[1], block), num_blocks(k.shape[1], block), block, block, device=q.device
+        return super().attend(q, k, v, scale=scale, key_padding_mask=key_padding_mask, context=context)
+
+    def plan(self, x: Operands, context) -> Plan:
+        n_keys = num_blocks(x.keys.shape[1], x.block_k)
+        return Plan(
+            BlockLayout.full(
+                num_blocks(x.q.shape[1], x.block_q), n_keys, x.block_q, x.block_k, device=x.q.device
+            )
         )
-        out = block_sparse_attention(
-            q,
-            k,
-            v,
-            layout,
-            scale=scale,
-            key_padding_mask=key_padding_mask,
-            backend=self.config.kernel_backend,
-        )
-        return out, 1.0
+
+
+register_method(DenseConfig, Dense)

@@ -22,41 +22,133 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
-from contextvars import ContextVar
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..config import FreeSwimConfig
-from ..context import CURRENT_CALL, AttentionContext, CallContext, LayerContext
-from ..kernels import BlockLayout, ElementMask, block_sparse_attention, dense_attention, num_blocks
-from .base import SparseMethod
-from .freeswim_layout import window_layout
-from .joint import keys_with_text, split_joint
+from ..config import SparseAttentionConfig, as_int_tuple, positive_int, register_method
+from ..context import TWIN_BRANCH, AttentionContext, CallContext
+from ..kernels import BlockLayout, ElementMask, dense_attention, num_blocks
+from .base import Operands, Plan, SparseMethod
+from .freeswim_layout import WindowLayout, window_layout
+from .order import TokenOrder
 
 logger = logging.getLogger(__name__)
-
-#: True while a doubled (window + full) transformer forward runs.
-DUAL_PATH: ContextVar[bool] = ContextVar("dit_accel_freeswim_dual", default=False)
 
 #: The reference's scale: its training frame of 1560 tokens and a token ratio of 2, for any model.
 _REFERENCE_LOG_RATIO = math.log(2 * 1560) / math.log(1560)
 
 
+@dataclass(frozen=True)
+class FreeSwimConfig(SparseAttentionConfig):
+    """FreeSwim: render above the training resolution with inward sliding-window self-attention.
+
+    Every video query attends a spatial window the size of the training-resolution token grid, over
+    all frames, shifted inward at the borders so that every query sees a whole window. A second,
+    full-attention branch runs on the same latent inside the transformer (the batch is doubled and
+    only the window branch's prediction is returned), and its text cross-attention output replaces
+    the window branch's in every block. Wan 2.1 / 2.2 text-to-video only (spec: the reference).
+
+    Attributes:
+        base_resolution: (height, width) in pixels the model was trained at ((480, 832) for Wan 2.1
+            1.3B; (720, 1280) for 14B). With ``vae_scale_factor`` and the transformer's patch size it
+            gives the window: ``(2 d_h + 1, 2 d_w + 1)`` tokens, ``d = base // (vae x patch) // 2``.
+        vae_scale_factor: pixels per latent along height and width (8 for Wan 2.1 and 2.2 A14B, 16
+            for Wan 2.2 TI2V-5B).
+        window: (rows, cols) of the window in tokens; overrides ``base_resolution``.
+        inward: shift windows inward at borders (True, the method); False clips them (the ablation).
+        cross_attn_override: run the full-attention branch and use its cross-attention output in
+            every block (True). False runs the window branch alone (no second branch).
+        cache: cache mode: the full branch runs on guide steps only (every ``cache_steps``-th step,
+            conditional pass); each block's cross-attention output is kept and reused on the steps
+            in between, and the unconditional pass never runs the full branch (as the reference).
+        cache_steps: guide-step period in cache mode (2, as the reference).
+        override_uncond: whether the unconditional pass also takes the full branch's
+            cross-attention. None (default) follows the reference, which overrides it without
+            cache mode and not with it (spec quirk 6); True or False make both modes agree. True
+            in cache mode keeps a second cache for the unconditional pass (twice the memory).
+        cache_device: where the cache lives: "auto" (the activations' device while the cache fits
+            in half of the free GPU memory, otherwise pinned host memory), "same" or "cpu".
+        attention_scale: softmax scale of both self-attention branches: "reference" (default,
+            ``sqrt(log(3120) / log(1560) / head_dim)``, the reference's constant), "default"
+            (``head_dim ** -0.5``) or a number.
+        order: token order of the window branch: "spatial" (default: all frames of a position
+            adjacent, most visited tiles need no in-kernel mask) or "raster" (diffusers' order, for
+            debugging).
+        experimental: allow the window alone (no second branch) on HunyuanVideo, CogVideoX and
+            PixArt: video queries attend the window plus every text key, text queries stay dense.
+    """
+
+    method: ClassVar[str] = "freeswim"
+
+    base_resolution: tuple[int, int] = (480, 832)
+    vae_scale_factor: int = 8
+    window: tuple[int, int] | None = None
+    inward: bool = True
+    cross_attn_override: bool = True
+    cache: bool = False
+    cache_steps: int = 2
+    override_uncond: bool | None = None
+    cache_device: str = "auto"
+    attention_scale: str | float = "reference"
+    order: str = "spatial"
+    experimental: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        base = as_int_tuple(self.base_resolution, "base_resolution", 2)
+        if any(b < 1 for b in base):
+            raise ValueError(f"base_resolution must be positive, got {self.base_resolution!r}")
+        object.__setattr__(self, "base_resolution", base)
+        positive_int(self.vae_scale_factor, "vae_scale_factor")
+        if self.window is not None:
+            window = as_int_tuple(self.window, "window", 2)
+            if any(w < 1 for w in window):
+                raise ValueError(f"window extents must be >= 1 token, got {self.window!r}")
+            object.__setattr__(self, "window", window)
+        positive_int(self.cache_steps, "cache_steps")
+        if self.cache_device not in ("auto", "same", "cpu"):
+            raise ValueError(f"cache_device must be 'auto', 'same' or 'cpu', got {self.cache_device!r}")
+        scale = self.attention_scale
+        if isinstance(scale, str):
+            if scale not in ("reference", "default"):
+                raise ValueError(f"attention_scale must be 'reference', 'default' or a number, got {scale!r}")
+        elif not isinstance(scale, int | float) or isinstance(scale, bool) or not scale > 0:
+            raise ValueError(
+                f"attention_scale must be 'reference', 'default' or a positive number, got {scale!r}"
+            )
+        if self.order not in ("spatial", "raster"):
+            raise ValueError(f"order must be 'spatial' or 'raster', got {self.order!r}")
+        if self.override_uncond is not None and not isinstance(self.override_uncond, bool):
+            raise ValueError(f"override_uncond must be None, True or False, got {self.override_uncond!r}")
+        if self.override_uncond and not self.cross_attn_override:
+            raise ValueError("override_uncond=True needs cross_attn_override=True (the full branch)")
+        if self.cache and not self.cross_attn_override:
+            raise ValueError(
+                "cache=True caches the full branch's cross-attention: it needs cross_attn_override=True"
+            )
+
+
 class FreeSwim(SparseMethod):
     config_cls: ClassVar[type[FreeSwimConfig]] = FreeSwimConfig
+    twin_branch: ClassVar[bool] = True
 
-    def __init__(self, config: FreeSwimConfig) -> None:
-        super().__init__(config)
-        self._patch: dict[str, tuple[int, int]] = {}
-        self._cross_layers: dict[str, int] = {}
+    def __init__(self, config: FreeSwimConfig, cache=None) -> None:
+        super().__init__(config, cache)
+        self.patch: dict[str, tuple[int, int]] = {}  # (rows, cols) per token, per transformer
+        self.cross_layers: dict[str, int] = {}  # routed cross-attention blocks, per transformer
         self._cache_device: torch.device | None = None
         self._cached: dict[tuple[str, str], set[str]] = {}  # layers stored, per (transformer, branch)
         self._logged_dense_axes: set[tuple] = set()
-        self._joint_layouts: dict[tuple, tuple] = {}  # experimental joint models, per grid
+
+    def refuses_correction(self, correction) -> str:
+        return "FreeSwim's full-attention twin branch is its correction"
 
     # ------------------------------------------------------------------------------ settings
+    def scale(self, scale: float | None, q: torch.Tensor) -> float:
+        return self.attention_scale(q.shape[-1])
+
     def attention_scale(self, head_dim: int) -> float:
         scale = self.config.attention_scale
         if scale == "reference":
@@ -70,14 +162,19 @@ class FreeSwim(SparseMethod):
         cfg = self.config
         if cfg.window is not None:
             return cfg.window
-        ph, pw = self._patch.get(call.transformer_name, (2, 2))
+        ph, pw = self.patch.get(call.transformer_name, (2, 2))
         base_h, base_w = cfg.base_resolution
         half_h = base_h // (cfg.vae_scale_factor * ph) // 2
         half_w = base_w // (cfg.vae_scale_factor * pw) // 2
         return 2 * half_h + 1, 2 * half_w + 1
 
     def dual_path(self) -> bool:
+        """Whether the twin branch runs at all (``cross_attn_override``)."""
         return self.config.cross_attn_override
+
+    def window_alone_allowed(self) -> bool:
+        """Whether the window may run without a twin branch on a family that has none."""
+        return self.config.experimental and not self.config.cross_attn_override
 
     def overrides_uncond(self) -> bool:
         """Whether the unconditional pass takes the full branch's cross-attention."""
@@ -105,94 +202,27 @@ class FreeSwim(SparseMethod):
         guide = call.step_index % self.config.cache_steps == 0
         return guide or not self._has_cache(call)
 
-    # ------------------------------------------------------------------------------ install
-    def install_extras(self, installation: Any, backend: Any) -> list[Callable[[], None]]:
-        """Wan: route ``attn2`` through the backend and double the batch in the forward."""
-        transformer, adapter = installation.transformer, installation.adapter
-        patch = transformer.config.patch_size
-        self._patch[installation.name] = (
-            (int(patch[-2]), int(patch[-1])) if isinstance(patch, list | tuple) else (int(patch), int(patch))
-        )
-        if adapter.family != "Wan":
-            if not self.config.experimental:
-                raise NotImplementedError(
-                    f"FreeSwim is implemented for Wan (the reference); {adapter.family} has no "
-                    "cross-attention to override. Pass experimental=True to run the window alone."
-                )
-            if self.config.cross_attn_override:
-                raise NotImplementedError(
-                    f"FreeSwim's dual path needs Wan's separate text cross-attention; on {adapter.family} "
-                    "use experimental=True with cross_attn_override=False (the window alone)"
-                )
-            return []
-        if not self.dual_path():
-            return []
-        cross = [(f"blocks.{i}.attn2", block.attn2) for i, block in enumerate(transformer.blocks)]
-        if any(getattr(module, "add_k_proj", None) is not None for _, module in cross):
-            raise NotImplementedError(
-                "FreeSwim's cross-attention override is implemented for Wan text-to-video; this model's "
-                "cross-attention also attends image tokens (I2V). Use cross_attn_override=False."
-            )
-        undo: list[Callable[[], None]] = []
-        for index, (path, module) in enumerate(cross):
-            undo.append(adapter.route(module, backend))
-            installation.hook_layer(module, LayerContext(path, index, "cross"))
-        self._cross_layers[installation.name] = len(cross)
-        undo.append(_double_batch(transformer, self))
-        return undo
-
-    # ------------------------------------------------------------------------------ attention
-    def __call__(self, q, k, v, *, scale, key_padding_mask, context: AttentionContext):
-        if context.layer.kind == "cross":
-            return self._cross_attention(q, k, v, scale, context), None
-        return super().__call__(q, k, v, scale=scale, key_padding_mask=key_padding_mask, context=context)
-
-    def attend(self, q, k, v, *, scale, key_padding_mask, context: AttentionContext):
-        scale = self.attention_scale(q.shape[-1])
-        if not DUAL_PATH.get():
-            return self._window_attention(q, k, v, scale, key_padding_mask, context)
-        half = q.shape[0] // 2
-        kpm = (None, None) if key_padding_mask is None else (key_padding_mask[:half], key_padding_mask[half:])
-        window_out, density = self._window_attention(q[:half], k[:half], v[:half], scale, kpm[0], context)
-        full_out = dense_attention(q[half:], k[half:], v[half:], scale=scale, key_padding_mask=kpm[1])
-        return torch.cat([window_out, full_out]), (density + 1.0) / 2
-
-    def _window_attention(self, q, k, v, scale, key_padding_mask, context: AttentionContext):
-        cfg, call = self.config, context.call
-        grid = call.grid
-        window = self.window(call)
+    # ------------------------------------------------------------------------------ the window
+    def window_layout(self, context: AttentionContext, device: torch.device) -> WindowLayout:
+        cfg, grid = self.config, context.call.grid
+        window = self.window(context.call)
         self._log_dense_axes(grid, window)
-        wl = window_layout(grid, window, cfg.inward, cfg.order, cfg.block_size, q.device)
-        split = split_joint(q.shape[1], call)
-        qv, kv, vv = (x[:, split.video].index_select(1, wl.gather) for x in (q, k, v))
-        video_ok = None if key_padding_mask is None else key_padding_mask[:, split.video][:, wl.gather]
-        layout, element_mask, kv_partial = wl.layout, wl.element_mask, wl.kv_partial
-        key_ok = video_ok
-        if split.num_text:  # experimental joint models: every text key, text queries dense
-            key = (grid, window, cfg.inward, cfg.order, cfg.block_size, q.device, split.num_text)
-            if key not in self._joint_layouts:
-                self._joint_layouts[key] = _joint_layout(wl, split.num_text)
-            layout, element_mask, kv_partial = self._joint_layouts[key]
-            text_ok = None if key_padding_mask is None else key_padding_mask[:, split.text]
-            kv, vv, key_ok = keys_with_text(
-                kv, vv, k[:, split.text], v[:, split.text], video_ok, text_ok, cfg.block_size
-            )
-        out = block_sparse_attention(
-            qv,
-            kv,
-            vv,
-            layout,
-            scale=scale,
-            key_padding_mask=key_ok,
-            element_mask=element_mask,
-            kv_partial=kv_partial,
-            backend=cfg.kernel_backend,
+        key = ("freeswim", grid, window, device)
+        return self.cache.get(
+            key, lambda: window_layout(grid, window, cfg.inward, cfg.order, cfg.block_size, device)
         )
-        video_out = out.index_select(1, wl.inverse)
-        text_out = None
-        if split.num_text:
-            text_out = dense_attention(q[:, split.text], k, v, scale=scale, key_padding_mask=key_padding_mask)
-        return split.join(video_out, text_out, call.text_position == "first"), layout.density()
+
+    def order(self, context, device, num_text: int = 0) -> TokenOrder:
+        return self.window_layout(context, device).order
+
+    def plan(self, x: Operands, context) -> Plan:
+        wl = self.window_layout(context, x.q.device)
+        if not x.num_text:
+            return Plan(wl.layout, element_mask=wl.element_mask, kv_partial=wl.kv_partial)
+        # Experimental joint models: every text key, text queries dense (the driver).
+        key = ("freeswim_joint", context.call.grid, self.window(context.call), x.q.device, x.num_text)
+        layout, element_mask, kv_partial = self.cache.get(key, lambda: _joint_layout(wl, x.num_text))
+        return Plan(layout, element_mask=element_mask, kv_partial=kv_partial)
 
     def _log_dense_axes(self, grid: tuple[int, int, int], window: tuple[int, int]) -> None:
         key = (grid, window)
@@ -206,11 +236,11 @@ class FreeSwim(SparseMethod):
                 )
 
     # ------------------------------------------------------------------------------ cross-attention
-    def _cross_attention(self, q, k, v, scale, context: AttentionContext) -> torch.Tensor:
+    def cross_attention(self, q, k, v, scale, context: AttentionContext) -> torch.Tensor:
         """The override: the full items' cross-attention output for every item (spec 3.4, 3.5)."""
         call = context.call
         key = (f"{call.transformer_name}.{context.layer.name}", call.cfg_branch)
-        if DUAL_PATH.get():
+        if TWIN_BRANCH.get():
             half = q.shape[0] // 2
             out = dense_attention(q[half:], k[half:], v[half:], scale=scale)
             if self.config.cache:
@@ -225,7 +255,7 @@ class FreeSwim(SparseMethod):
         return dense_attention(q, k, v, scale=scale)
 
     def _has_cache(self, call: CallContext) -> bool:
-        layers = self._cross_layers.get(call.transformer_name, 0)
+        layers = self.cross_layers.get(call.transformer_name, 0)
         return layers > 0 and len(self._cached.get((call.transformer_name, call.cfg_branch), ())) >= layers
 
     def _to_cache(self, out: torch.Tensor, call: CallContext) -> torch.Tensor:
@@ -239,7 +269,7 @@ class FreeSwim(SparseMethod):
     def _choose_cache_device(self, out: torch.Tensor, call: CallContext) -> torch.device:
         """Where the cross-attention cache goes; a MemoryError naming sizes when it fits nowhere."""
         passes = 2 if self.overrides_uncond() else 1  # a cache per overridden CFG pass
-        total = passes * cache_bytes(out, self._cross_layers.get(call.transformer_name, 1))
+        total = passes * cache_bytes(out, self.cross_layers.get(call.transformer_name, 1))
         device = self.config.cache_device
         if device == "same" or (device == "auto" and not out.is_cuda):
             return out.device
@@ -251,7 +281,7 @@ class FreeSwim(SparseMethod):
         if available is not None and total > available:
             raise MemoryError(
                 f"FreeSwim cache mode needs {total / 2**30:.1f} GiB for the cross-attention cache "
-                f"({passes} CFG pass(es) x {self._cross_layers.get(call.transformer_name, 1)} blocks x "
+                f"({passes} CFG pass(es) x {self.cross_layers.get(call.transformer_name, 1)} blocks x "
                 f"{tuple(out.shape)} "
                 f"{out.dtype}) and neither the GPU nor host memory ({available / 2**30:.1f} GiB free) "
                 "holds it; use cache=False"
@@ -276,57 +306,6 @@ def _host_available_bytes() -> int | None:
         return None
 
 
-def _double_batch(transformer: torch.nn.Module, method: FreeSwim) -> Callable[[], None]:
-    """Hook the transformer call: on dual-path calls, run window and full items in one batch.
-
-    Every tensor argument whose first dimension is the latent batch is repeated (hidden states,
-    timesteps, text and image embeddings); the output keeps the first half. Forward hooks rather
-    than a wrapped ``forward``: they run outside a compiled transformer (the decision and the flag
-    live in context variables, which Dynamo cannot trace), so compiling adds no graph break.
-    """
-    import inspect
-
-    signature = inspect.signature(transformer.forward)
-    running: list[tuple[Any, int] | None] = []  # per call in progress: (flag token, batch) or None
-
-    @torch.compiler.disable
-    def enter(mod: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if not method.wants_dual(CURRENT_CALL.get()):
-            running.append(None)
-            return None
-        bound = signature.bind(*args, **kwargs)
-        batch = bound.arguments["hidden_states"].shape[0]
-        for name, value in bound.arguments.items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-                bound.arguments[name] = torch.cat([value, value])
-        running.append((DUAL_PATH.set(True), batch))
-        return bound.args, bound.kwargs
-
-    @torch.compiler.disable
-    def leave(mod: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        entry = running.pop() if running else None
-        if entry is None:
-            return None
-        token, batch = entry
-        DUAL_PATH.reset(token)
-        if output is None:  # the forward raised
-            return None
-        if isinstance(output, tuple):
-            return (output[0][:batch], *output[1:])
-        output.sample = output.sample[:batch]
-        return output
-
-    # Registered after the session's hooks: the call context is set when ``enter`` runs.
-    pre = transformer.register_forward_pre_hook(enter, with_kwargs=True)
-    post = transformer.register_forward_hook(leave, with_kwargs=True, always_call=True)
-
-    def undo() -> None:
-        pre.remove()
-        post.remove()
-
-    return undo
-
-
 def _joint_layout(wl, n_text: int) -> tuple[BlockLayout, ElementMask, torch.Tensor]:
     """Experimental joint models: the window layout with every text key block appended to every
     query tile (text keys start on a tile boundary, see ``keys_with_text``).
@@ -349,3 +328,6 @@ def _joint_layout(wl, n_text: int) -> tuple[BlockLayout, ElementMask, torch.Tens
     placeholders = num_blocks(em.seq_k, bs) * bs - em.seq_k + n_text
     k_coord = torch.cat([em.k_coord, em.k_coord.new_zeros(em.ndim, placeholders)], dim=1)
     return layout, ElementMask(em.q_lo, em.q_hi, k_coord, em.kind), kv_partial
+
+
+register_method(FreeSwimConfig, FreeSwim)

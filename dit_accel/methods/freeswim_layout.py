@@ -24,11 +24,11 @@ the query tile's intersections.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 from ..kernels import BlockLayout, ElementMask, num_blocks
+from .order import TokenOrder, spatial_major_order
 
 ORDERS = ("spatial", "raster")
 
@@ -41,16 +41,14 @@ class WindowLayout:
         layout: (1, 1) block layout of visited tiles, in ``order``.
         kv_partial: flags shaped like ``layout.kv_indices``: the tiles that need the predicate.
         element_mask: the exact per-token window, in ``order``.
-        gather: long (L,): the frame-major token at each position of ``order``.
-        inverse: long (L,): the position of each frame-major token in ``order``.
+        order: the slot order the layout is expressed in (spatial-major or frame-major).
         full_tiles: how many visited tiles need no predicate (for reports).
     """
 
     layout: BlockLayout
     kv_partial: torch.Tensor
     element_mask: ElementMask
-    gather: torch.Tensor
-    inverse: torch.Tensor
+    order: TokenOrder
     full_tiles: int
 
     def tile_density(self) -> float:
@@ -71,13 +69,6 @@ def window_bounds(size: int, extent: int, inward: bool) -> tuple[torch.Tensor, t
         lo = (pos - half).clamp(0, size - extent)
         return lo, lo + extent
     return (pos - half).clamp_min(0), (pos - half + extent).clamp_max(size)
-
-
-def spatial_major_order(grid: tuple[int, int, int]) -> torch.Tensor:
-    """long (L,): frame-major token index at each position of ``p = (h W + w) F + t``."""
-    frames, rows, cols = grid
-    p = torch.arange(frames * rows * cols)
-    return (p % frames) * (rows * cols) + p // frames
 
 
 def _run_rectangles(first: torch.Tensor, last: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +172,6 @@ def _classify(
     return visited, full & visited
 
 
-@lru_cache(maxsize=16)
 def window_layout(
     grid: tuple[int, int, int],
     window: tuple[int, int],
@@ -190,14 +180,15 @@ def window_layout(
     block_size: int,
     device: torch.device,
 ) -> WindowLayout:
-    """The window branch's layout for a (frames, rows, cols) grid; cached per arguments."""
+    """The window branch's layout for a (frames, rows, cols) grid (the method caches it per grid)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     frames, rows, cols = grid
     n = frames * rows * cols
     row_lo, row_hi = window_bounds(rows, window[0], inward)
     col_lo, col_hi = window_bounds(cols, window[1], inward)
-    gather = spatial_major_order(grid) if order == "spatial" else torch.arange(n)
+    token_order = spatial_major_order(grid) if order == "spatial" else TokenOrder.frame_major(n)
+    gather = token_order.gather
     rects, valid = _tile_rectangles(grid, order, block_size)
     visited, full = _classify(rects, valid, (row_lo, row_hi, col_lo, col_hi))
     layout = BlockLayout.from_block_mask(visited[None, None], block_size, block_size)
@@ -210,8 +201,6 @@ def window_layout(
         coord.to(torch.int32),
         "inward_window" if inward else "clipped_window",
     )
-    inverse = torch.empty_like(gather)
-    inverse[gather] = torch.arange(n)
     return WindowLayout(
         BlockLayout(
             layout.kv_indices.to(device),
@@ -222,7 +211,6 @@ def window_layout(
         ),
         kv_partial.to(device),
         element_mask.to(device),
-        gather.to(device),
-        inverse.to(device),
+        TokenOrder(gather.to(device), token_order.inverse.to(device), None, token_order.identity),
         int(full.sum()),
     )

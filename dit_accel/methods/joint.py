@@ -53,10 +53,11 @@ def keys_with_text(
 
     Padding the video keys makes the text keys start on a block boundary, so a key block is either
     video or text and a layout can list "every text block"; the padding slots are invalid keys.
+    Without text nothing is padded (the last key block may be partial, as the queries' is).
     ``video_ok`` / ``text_ok``: bool (B, N) or None (all valid). ``text_k`` may have no tokens.
     """
     batch, n_video = video_k.shape[:2]
-    padded = -(-n_video // block_size) * block_size
+    padded = -(-n_video // block_size) * block_size if text_k.shape[1] else n_video
 
     def pad(x: torch.Tensor) -> torch.Tensor:
         extra = padded - n_video

@@ -2,7 +2,7 @@
 
 Per call (no state across steps): video tokens go to curve order (``curve_order``) so a block of
 ``block_size`` tokens is a compact 3D region; pooled block statistics estimate each key block's
-share of a query block's full-attention mass (``rectified_pooling``); each query block keeps its
+share of a query block's full-attention mass (``pooling``); each query block keeps its
 top-p blocks (with a top-k floor), its 26-neighbourhood blocks, all text blocks and, for Wan, a
 "first frame" square; the block-sparse kernel computes O_sparse over them; the output of a query
 block is ``R x O_sparse + C`` (IPAR scale and GAPR compensation). Text queries stay dense.
@@ -18,149 +18,159 @@ from typing import ClassVar
 
 import torch
 
-from ..config import RECTIFIED_DEFAULTS, RectifiedSpaAttnConfig
-from ..context import AttentionContext, CallContext
-from ..kernels import BlockLayout, attention_with_stats, block_sparse_attention, dense_attention, num_blocks
-from .base import SparseMethod
+from ..config import SparseAttentionConfig, register_method
+from ..kernels import BlockLayout, num_blocks
+from .base import Operands, Plan, SparseMethod
+from .corrections import PooledStats, RectifyCorrection
 from .curve_order import block_neighbours, curve_order
-from .joint import keys_with_text, split_joint
-from .rectified_pooling import (
-    PooledBlocks,
-    estimated_block_mass,
-    gapr_trusted,
-    per_row_rectify,
-    pool_blocks,
-    rectification,
-    top_k_floor,
-    top_p_with_floor,
-)
+from .order import TokenOrder
+from .pooling import estimated_block_mass, pool_blocks, top_k_floor, top_p_with_floor
+
+RECTIFIED_POOLED_MEANS = ("padded", "valid")
+RECTIFIED_FIRST_FRAME = ("none", "curve", "true_frame0")
 
 
 @dataclass(frozen=True)
-class BlockSelection:
-    """One call's selection: the kernel layout and what the rectification needs.
+class RectifiedSpaAttnConfig(SparseAttentionConfig):
+    """Rectified SpaAttn: pooled top-p block selection, with the sparse output rectified toward full
+    attention from the same pooled estimate.
 
-    ``kept_columns``: bool (B, H, n_v, C) on the estimated-mass columns (video blocks, then the
-    merged text column when there is text); ``mass``: p~ on the same columns.
+    Video tokens are reordered along a 3D space-filling curve so that a block of ``block_size``
+    tokens is compact. Each query block keeps the key blocks with the largest estimated
+    full-attention mass (pooled queries and keys; text keys pooled individually and weighted as
+    single tokens) until ``top_p`` is reached, at least ``int((1 - sa_drop_rate) x n_blocks)``,
+    plus its 26-neighbourhood blocks and the text blocks (Wan: a "first frame" square of blocks).
+    The output of a query block is then ``R x O_sparse + C``: IPAR scales the sparse output by the
+    estimated mass it stands for, GAPR adds the pooled values of dropped blocks whose pooled logit
+    is trusted. Text queries stay dense.
+
+    Attributes:
+        sa_drop_rate: sets the top-k floor. None = the family default (HunyuanVideo 0.8, Wan 0.75,
+            CogVideoX 0.75, as in the reference scripts; PixArt 0.75, a dit-accel extension).
+        top_p: cumulative estimated mass a query block keeps at least (0.3, as the reference).
+        ipar: scale each query block's sparse output by the estimated mass of its kept blocks
+            (plus, with ``gapr``, of the dropped blocks GAPR does not trust). False: no scaling.
+        gapr: add ``sum(p x mean V)`` of the dropped blocks whose pooled logit passes the
+            gain-versus-pooling-error test. ``ipar=gapr=False`` is plain pooled top-p attention.
+        neighbours: always keep the blocks within one token (26-neighbourhood) of a query block.
+        pooled_means: "padded" (default, the reference: a partial last block is averaged over
+            ``block_size`` slots with zeros) or "valid" (over its real tokens; the fix).
+        pooled_dtype: "float32" (default: stable selection) or "model" (the activations' dtype,
+            as the reference's bf16 pooled math).
+        rectify: "per_block" (default, the reference): ``R x O_sparse + C`` with one R and C per
+            query block, from its mean query. "per_row" (spec section 4, not in the reference):
+            every row adds the compensated blocks' pooled values weighted by its own logits and
+            renormalises with the kernel's exact row sum; compensated = the dropped blocks GAPR
+            trusts (every dropped block with ``gapr=False``); ``ipar=gapr=False`` stays plain.
+        first_frame: a square of blocks every query block of it keeps. "curve" (the reference,
+            for Wan): the first ``n_blocks // frames`` blocks of the curve order, which are not
+            exactly latent frame 0; "true_frame0": the blocks holding frame 0's tokens; "none".
+            None = the family default ("curve" for Wan, "none" for the others).
+        dense_steps / dense_layers: None = the family default (Wan 5 steps and layers 0-1 of each
+            transformer, CogVideoX 5 steps, HunyuanVideo and PixArt none); otherwise as for
+            every method. Wan I2V in the reference keeps only the layers: pass ``dense_steps=0``;
+            its Wan 2.2 T2V A14B keeps 3 of 40 steps: ``dense_steps=3``.
+        correction: "default" = the rectification above (``rectify``, ``ipar``, ``gapr``,
+            ``pooled_means``); any other choice replaces it.
     """
 
-    layout: BlockLayout
-    kept_columns: torch.Tensor
-    mass: torch.Tensor
-    pooled_q: PooledBlocks
-    pooled_k: PooledBlocks
+    method: ClassVar[str] = "rectified"
 
+    sa_drop_rate: float | None = None
+    top_p: float = 0.3
+    ipar: bool = True
+    gapr: bool = True
+    neighbours: bool = True
+    pooled_means: str = "padded"
+    pooled_dtype: str = "float32"
+    rectify: str = "per_block"
+    first_frame: str | None = None
 
-def _per_row(per_block: torch.Tensor, block_size: int, rows: int) -> torch.Tensor:
-    """(B, H, n_blocks, ...) block values -> (B, rows, H, ...) values of each block's rows."""
-    return per_block.repeat_interleave(block_size, dim=2)[:, :, :rows].transpose(1, 2)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sa_drop_rate is not None and not 0.0 <= self.sa_drop_rate <= 1.0:
+            raise ValueError(f"sa_drop_rate must lie in [0, 1], got {self.sa_drop_rate!r}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in [0, 1], got {self.top_p!r}")
+        if self.pooled_means not in RECTIFIED_POOLED_MEANS:
+            raise ValueError(
+                f"pooled_means must be one of {RECTIFIED_POOLED_MEANS}, got {self.pooled_means!r}"
+            )
+        if self.pooled_dtype not in ("float32", "model"):
+            raise ValueError(f"pooled_dtype must be 'float32' or 'model', got {self.pooled_dtype!r}")
+        if self.rectify not in ("per_block", "per_row"):
+            raise ValueError(f"rectify must be 'per_block' or 'per_row', got {self.rectify!r}")
+        if self.first_frame is not None and self.first_frame not in RECTIFIED_FIRST_FRAME:
+            raise ValueError(f"first_frame must be one of {RECTIFIED_FIRST_FRAME}, got {self.first_frame!r}")
 
 
 class RectifiedSpaAttn(SparseMethod):
     config_cls: ClassVar[type[RectifiedSpaAttnConfig]] = RectifiedSpaAttnConfig
 
-    def family_defaults(self, call: CallContext) -> tuple[float, int, tuple[int, ...], str]:
-        """(sa_drop_rate, dense steps, dense layers, first_frame) after the config's overrides."""
+    #: Outside a pipeline (no adapter to fill the family defaults): the PixArt defaults.
+    FALLBACK_DROP_RATE = 0.75
+
+    def own_correction(self) -> RectifyCorrection | None:
         cfg = self.config
-        drop, steps, layers, first = RECTIFIED_DEFAULTS.get(call.family, RECTIFIED_DEFAULTS["PixArt"])
-        return (
-            drop if cfg.sa_drop_rate is None else cfg.sa_drop_rate,
-            steps if cfg.dense_steps is None else cfg.dense_steps,
-            layers if cfg.dense_layers is None else cfg.dense_layers,
-            first if cfg.first_frame is None else cfg.first_frame,
-        )
-
-    def keeps_dense(self, context: AttentionContext) -> bool:
-        _, steps, layers, _ = self.family_defaults(context.call)
-        return context.call.step_index < steps or context.layer.index in layers
-
-    def forced_blocks(self, call: CallContext, device: torch.device) -> torch.Tensor:
-        """bool (n_v, n_v): block pairs every selection keeps (neighbours, first-frame square)."""
-        cfg = self.config
-        grid, bs = call.grid, cfg.block_size
-        n_v = num_blocks(call.num_video_tokens, bs)
-        forced = (
-            block_neighbours(grid, bs, device)
-            if cfg.neighbours
-            else torch.eye(n_v, dtype=torch.bool, device=device)
-        )
-        first = self.family_defaults(call)[3]
-        if first != "none":
-            square = torch.zeros(n_v, dtype=torch.bool, device=device)
-            if first == "curve":
-                square[: n_v // grid[0]] = True
-            else:  # the blocks that hold latent frame 0's tokens
-                square[curve_order(grid, device).inverse[: grid[1] * grid[2]] // bs] = True
-            forced = forced | (square[:, None] & square[None, :])
-        return forced
-
-    def attend(self, q, k, v, *, scale, key_padding_mask, context: AttentionContext):
-        cfg, call = self.config, context.call
-        split = split_joint(q.shape[1], call)
-        order = curve_order(call.grid, q.device)
-        n_video, dim = call.num_video_tokens, q.shape[3]
-        bs = cfg.block_size
-        n_v = num_blocks(n_video, bs)
-        scale = dim**-0.5 if scale is None else scale
-
-        qv, kv, vv = (order.to_curve(x[:, split.video]) for x in (q, k, v))
-        video_ok = text_ok = None
-        if key_padding_mask is not None:
-            video_ok = order.to_curve(key_padding_mask[:, split.video])
-            text_ok = key_padding_mask[:, split.text]
-        text_k = k[:, split.text] if split.num_text else None
-
-        sel = self.select(qv, kv, video_ok, text_k, text_ok, call, scale)
-        keys, values, key_valid = keys_with_text(
-            kv, vv, k[:, split.text], v[:, split.text], video_ok, text_ok, bs
-        )
-        masks = dict(scale=scale, key_padding_mask=key_valid, backend=cfg.kernel_backend)
         if not (cfg.ipar or cfg.gapr):
-            out = block_sparse_attention(qv, keys, values, sel.layout, **masks)
-        else:
-            vp = pool_blocks(vv, bs, video_ok, cfg.pooled_means, sel.pooled_q.mean.dtype)
-            trusted = gapr_trusted(sel.pooled_q, sel.pooled_k) if cfg.gapr else None
-            if cfg.rectify == "per_row":
-                res = attention_with_stats(qv, keys, values, sel.layout, **masks)
-                dropped = ~sel.kept_columns[..., :n_v]
-                compensated = dropped & trusted if cfg.gapr else dropped
-                out = per_row_rectify(
-                    res.out, res.row_max, res.row_sum, qv, sel.pooled_k, vp.mean, compensated, bs, scale
-                )
-            else:  # spec 3.4: O = R x O_sparse + C per query block
-                out = block_sparse_attention(qv, keys, values, sel.layout, **masks)
-                r, c = rectification(
-                    sel.mass, sel.kept_columns, trusted, vp.mean, ipar=cfg.ipar, gapr=cfg.gapr
-                )
-                compute = torch.promote_types(q.dtype, torch.float32)
-                rows = _per_row(r.to(compute), bs, n_video).unsqueeze(-1)
-                out = (out.to(compute) * rows + _per_row(c.to(compute), bs, n_video)).to(q.dtype)
+            return None
+        return RectifyCorrection(
+            mode=cfg.rectify, ipar=cfg.ipar, gapr=cfg.gapr, pooled_means=cfg.pooled_means
+        )
 
-        text_out = None
-        if split.num_text:
-            text_out = dense_attention(q[:, split.text], k, v, scale=scale, key_padding_mask=key_padding_mask)
-        return split.join(
-            order.from_curve(out), text_out, call.text_position == "first"
-        ), sel.layout.density()
+    def drop_rate(self) -> float:
+        return self.FALLBACK_DROP_RATE if self.config.sa_drop_rate is None else self.config.sa_drop_rate
 
-    def select(self, qv, kv, video_ok, text_k, text_ok, call: CallContext, scale: float) -> BlockSelection:
-        """Pooled estimates and the block mask (spec 3.3) for curve-ordered video queries and keys.
+    def order(self, context, device, num_text: int = 0) -> TokenOrder:
+        return self.order_of(context.call.grid, device)
 
-        qv, kv: (B, N_v, H, D) in curve order; video_ok: bool (B, N_v) or None; text_k: (B, T, H, D)
-        or None; text_ok: bool (B, T) or None.
-        """
+    def forced_blocks(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """bool (n_v, n_v): block pairs every selection keeps (neighbours, first-frame square)."""
+
+        def build() -> torch.Tensor:
+            cfg = self.config
+            bs = cfg.block_size
+            n_v = num_blocks(grid[0] * grid[1] * grid[2], bs)
+            forced = (
+                block_neighbours(grid, bs, device)
+                if cfg.neighbours
+                else torch.eye(n_v, dtype=torch.bool, device=device)
+            )
+            first = cfg.first_frame or "none"
+            if first != "none":
+                square = torch.zeros(n_v, dtype=torch.bool, device=device)
+                if first == "curve":
+                    square[: n_v // grid[0]] = True
+                else:  # the blocks that hold latent frame 0's tokens
+                    square[self.order_of(grid, device).inverse[: grid[1] * grid[2]] // bs] = True
+                forced = forced | (square[:, None] & square[None, :])
+            return forced
+
+        return self.cache.get(("rectified_forced", grid, device), build)
+
+    def order_of(self, grid, device) -> TokenOrder:
+        return self.cache.get(("curve", grid, device), lambda: curve_order(grid, device))
+
+    def plan(self, x: Operands, context) -> Plan:
+        """Pooled estimates and the block mask (spec 3.3) for curve-ordered video queries and keys."""
         cfg = self.config
         bs = cfg.block_size
-        batch, n_video, heads, _ = qv.shape
+        batch, n_video, heads, _ = x.q.shape
         n_v = num_blocks(n_video, bs)
-        dtype = torch.promote_types(qv.dtype, torch.float32) if cfg.pooled_dtype == "float32" else qv.dtype
-        qp = pool_blocks(qv, bs, None, cfg.pooled_means, dtype)
-        kp = pool_blocks(kv, bs, video_ok, cfg.pooled_means, dtype)
-        mass = estimated_block_mass(qp.mean, kp.mean, kp.weight, scale, text_k, text_ok)
-        keep = top_p_with_floor(mass, cfg.top_p, top_k_floor(n_v, self.family_defaults(call)[0]))
-        video_keep = keep[..., :n_v] | self.forced_blocks(call, qv.device)
+        dtype = torch.promote_types(x.q.dtype, torch.float32) if cfg.pooled_dtype == "float32" else x.q.dtype
+        qp = pool_blocks(x.q, bs, None, cfg.pooled_means, dtype)
+        kp = pool_blocks(x.k, bs, x.video_ok, cfg.pooled_means, dtype)
+        text_k = x.text_k if x.num_text else None
+        text_ok = x.text_ok if x.num_text else None
+        mass = estimated_block_mass(qp.mean, kp.mean, kp.weight, x.scale, text_k, text_ok)
+        keep = top_p_with_floor(mass, cfg.top_p, top_k_floor(n_v, self.drop_rate()))
+        video_keep = keep[..., :n_v] | self.forced_blocks(context.call.grid, x.q.device)
         kept_columns = torch.cat([video_keep, keep[..., n_v:] | True], dim=-1)  # text column: always on
-        n_text_blocks = num_blocks(text_k.shape[1], bs) if text_k is not None else 0
-        text_blocks = torch.ones(batch, heads, n_v, n_text_blocks, dtype=torch.bool, device=qv.device)
+        text_blocks = torch.ones(
+            batch, heads, n_v, num_blocks(x.num_text, bs), dtype=torch.bool, device=x.q.device
+        )
         layout = BlockLayout.from_block_mask(torch.cat([video_keep, text_blocks], dim=-1), bs, bs)
-        return BlockSelection(layout, kept_columns, mass, qp, kp)
+        return Plan(layout, pooled=PooledStats(qp, kp, mass, kept_columns))
+
+
+register_method(RectifiedSpaAttnConfig, RectifiedSpaAttn)

@@ -15,127 +15,130 @@ is reset with every new generation and freed on disable.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 
-from ..config import RETTENTION_WARMUP, RettentionConfig
-from ..context import AttentionContext, CallContext
-from ..kernels import block_sparse_attention, dense_attention, refresh_attention
-from .base import SparseMethod
-from .joint import split_joint
+from ..config import SparseAttentionConfig, register_method
+from .base import Operands, Plan, SparseMethod
+from .corrections import RettentionCorrection
+from .corrections import rettention_phase as phase
+from .order import TokenOrder
 from .rettention_layouts import StaticSparseLayout, band_layout, frame_window_layout, window3d_layout
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RETTENTION_MASKS = (None, "band", "frame_window", "window3d")
 
 
-def phase(step: int, num_steps: int | None, warmup_fraction: float, refresh_every: int) -> tuple[str, int]:
-    """("dense" | "refresh" | "sparse", sparse steps since the last refresh) for a denoising step.
+@dataclass(frozen=True)
+class RettentionConfig(SparseAttentionConfig):
+    """Re-ttention: a very sparse static mask, reshaped with statistics of the last full step.
 
-    With ``num_steps`` unknown the warm-up is taken at 50 steps (the reference's video length).
+    At refresh steps attention runs dense and records, per query row, the share rho of the softmax
+    mass inside the static mask and the residual delta = (full output - rho x masked output). At
+    sparse steps only the mask is computed and the output is rho x masked output + delta, with rho
+    raised by ``drift`` after every sparse step. Schedules are in denoising steps.
+
+    Attributes:
+        sparsity: the static window as a fraction of the tokens (0.03125): a 1-D band of
+            int(N x sparsity) positions ("band"), a per-frame window of int(H x W x sparsity)
+            in-frame positions in every frame ("frame_window"), or a 3D window whose per-axis
+            extent is sparsity ** (1/3) of the grid ("window3d", a dit-accel extension).
+        mask: which static mask: "band", "frame_window", "window3d", or None for the family
+            default (PixArt band, CogVideoX frame window as the reference; Wan and HunyuanVideo
+            the 3D window); outside a pipeline, a band for one-frame grids, else the 3D window.
+        use_ratio: scale the masked output by rho (True); False is the plain masked softmax.
+        use_residual: add the cached residual delta (True).
+        drift: added to rho after each sparse step (0.04).
+        fix_text_rows: the reference drifts text rows too (their outputs are scaled by 1.04,
+            1.08, ... between refreshes); True leaves text rows unscaled. Default False (parity).
+        warmup_fraction: dense steps at the start, as a fraction of the denoising steps; None uses
+            the family default (PixArt 5/20, CogVideoX 15/50 as in the reference; Wan and
+            HunyuanVideo 0.3, not published by the reference).
+        refresh_every: steps between refreshes after the warm-up (5): the first step after the
+            warm-up is a refresh, then every ``refresh_every``-th.
+        state_dtype: dtype of the cached residual: None (the activations' dtype), "float32",
+            "bfloat16" or "float16". rho is always float32.
+        state_device: "same" keeps the state next to the activations; "cpu" holds it in host
+            memory (for CogVideoX-2B the reference's state is about 4.1 GB).
+        correction: "default" = Re-ttention's correction with the fields above (they are
+            ``RettentionCorrection``'s); another choice (e.g. "rectify" or None) replaces it on
+            the same static mask.
     """
-    warmup = round(warmup_fraction * (num_steps if num_steps else 50))
-    if step < warmup:
-        return "dense", 0
-    since = (step - warmup) % refresh_every
-    return ("refresh", 0) if since == 0 else ("sparse", since)
+
+    method: ClassVar[str] = "rettention"
+
+    sparsity: float = 0.03125
+    mask: str | None = None
+    use_ratio: bool = True
+    use_residual: bool = True
+    drift: float = 0.04
+    fix_text_rows: bool = False
+    warmup_fraction: float | None = None
+    refresh_every: int = 5
+    state_dtype: str | None = None
+    state_device: str = "same"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (
+            isinstance(self.sparsity, bool)
+            or not isinstance(self.sparsity, int | float)
+            or not 0.0 < self.sparsity <= 1.0
+        ):
+            raise ValueError(f"sparsity must lie in (0, 1], got {self.sparsity!r}")
+        if self.mask not in RETTENTION_MASKS:
+            raise ValueError(f"mask must be one of {RETTENTION_MASKS}, got {self.mask!r}")
+        self.own_correction()  # validates the correction's fields
+
+    def own_correction(self) -> RettentionCorrection:
+        """Re-ttention's correction with this config's fields."""
+        return RettentionCorrection(**{f.name: getattr(self, f.name) for f in fields(RettentionCorrection)})
 
 
 class Rettention(SparseMethod):
     config_cls: ClassVar[type[RettentionConfig]] = RettentionConfig
 
-    def warmup_fraction(self, call: CallContext) -> float:
+    def own_correction(self) -> RettentionCorrection:
+        return self.config.own_correction()
+
+    def static_layout(
+        self, grid: tuple[int, int, int], num_text: int, device: torch.device
+    ) -> StaticSparseLayout:
+        """The static mask (``mask``), built once per grid."""
+        cfg = self.config
+        mask = cfg.mask or ("band" if grid[0] == 1 else "window3d")
+
+        def build() -> StaticSparseLayout:
+            frames, height, width = grid
+            # 64-key tiles halve the visited area of a thin band or window against 128 (spec 4a).
+            blocks = dict(block_q=cfg.block_size, block_k=min(64, cfg.block_size), device=device)
+            if mask == "band":
+                return band_layout(frames * height * width, cfg.sparsity, num_text, **blocks)
+            if mask == "frame_window":
+                return frame_window_layout(grid, cfg.sparsity, num_text, **blocks)
+            side = cfg.sparsity ** (1 / 3)
+            window = tuple(max(1, math.ceil(g * side)) for g in grid)
+            return window3d_layout(grid, window, None, cfg.block_size, num_text, device)
+
+        return self.cache.get(("rettention", mask, grid, num_text, device), build)
+
+    def order(self, context, device, num_text: int = 0) -> TokenOrder:
+        return self.static_layout(context.call.grid, num_text, device).order
+
+    def key_block(self, context) -> int:
         cfg = self.config
         return (
-            cfg.warmup_fraction
-            if cfg.warmup_fraction is not None
-            else RETTENTION_WARMUP.get(call.family, 0.3)
+            cfg.block_size
+            if (cfg.mask or ("band" if context.call.grid[0] == 1 else "window3d")) == "window3d"
+            else min(64, cfg.block_size)
         )
 
-    def static_layout(self, call: CallContext, num_text: int, device: torch.device) -> StaticSparseLayout:
-        """The family's static mask: a 1-D band for images, a per-frame window with text for
-        text-first joint attention, a 3D window otherwise (cached by the builders)."""
-        cfg = self.config
-        frames, height, width = call.grid
-        # 64-key tiles halve the visited area of a thin band or window against 128 (spec 4a).
-        blocks = dict(block_q=cfg.block_size, block_k=min(64, cfg.block_size), device=device)
-        if frames == 1 and num_text == 0:
-            return band_layout(height * width, cfg.sparsity, 0, **blocks)
-        if call.text_position == "first":
-            return frame_window_layout(call.grid, cfg.sparsity, num_text, **blocks)
-        side = cfg.sparsity ** (1 / 3)
-        window = tuple(max(1, math.ceil(g * side)) for g in call.grid)
-        return window3d_layout(call.grid, window, None, cfg.block_size, num_text, device)
-
-    def attend(self, q, k, v, *, scale, key_padding_mask, context: AttentionContext):
-        cfg, call = self.config, context.call
-        kind, since = phase(
-            call.step_index, call.num_inference_steps, self.warmup_fraction(call), cfg.refresh_every
-        )
-        if kind == "dense":
-            return dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask), 1.0
-        split = split_joint(q.shape[1], call)
-        static = self.static_layout(call, split.num_text, q.device)
-        batch = q.shape[0]
-        valid = static.order_valid
-        if valid is None:  # identity order, no padding slots
-            valid = torch.ones(call.num_video_tokens, dtype=torch.bool, device=q.device)
-        video_ok = valid.expand(batch, -1)
-        text_ok = torch.ones(batch, split.num_text, dtype=torch.bool, device=q.device)
-        if key_padding_mask is not None:
-            video_ok = video_ok & static.to_order(key_padding_mask[:, split.video])
-            text_ok = key_padding_mask[:, split.text]
-        qv = static.to_order(q[:, split.video])
-        keys = torch.cat([static.to_order(k[:, split.video]), k[:, split.text]], dim=1)
-        values = torch.cat([static.to_order(v[:, split.video]), v[:, split.text]], dim=1)
-        masks = dict(
-            scale=scale,
-            key_padding_mask=torch.cat([video_ok, text_ok], dim=1),
-            element_mask=static.element_mask,
-            kv_partial=static.kv_partial,
-        )
-        # float32 arithmetic for the correction (float64 inputs, the test oracle, stay float64).
-        compute = torch.promote_types(q.dtype, torch.float32)
-        # Keyed by transformer too: Wan 2.2's two experts have the same layer names.
-        state = self.state.get(f"{call.transformer_name}.{context.layer.name}", call.cfg_branch)
-        stale = (
-            "delta" not in state or state["delta"].shape[0] != batch or state["delta"].shape[1] != qv.shape[1]
-        )
-        if kind == "refresh" or stale:
-            refreshed = refresh_attention(
-                qv, keys, values, static.layout, backend=cfg.kernel_backend, **masks
-            )
-            # Without the ratio the cached residual is against the plain masked softmax O_S = kept / rho.
-            kept = refreshed.kept_out if cfg.use_ratio else _masked_softmax_output(refreshed)
-            store_dtype = _DTYPES[cfg.state_dtype] if cfg.state_dtype else q.dtype
-            store_device = torch.device("cpu") if cfg.state_device == "cpu" else q.device
-            state["rho"] = refreshed.rho.to(store_device, compute)
-            state["delta"] = (refreshed.out_full.to(compute) - kept.to(compute)).to(store_device, store_dtype)
-            video_out, density, text_scale = refreshed.out_full, 1.0, 1.0
-        else:
-            sparse = block_sparse_attention(
-                qv, keys, values, static.layout, backend=cfg.kernel_backend, **masks
-            )
-            rho = state["rho"].to(q.device) + cfg.drift * (since - 1) if cfg.use_ratio else None
-            out = sparse.to(compute) * _per_row(rho) if rho is not None else sparse.to(compute)
-            if cfg.use_residual:
-                out = out + state["delta"].to(q.device, compute)
-            video_out, density = out.to(q.dtype), static.layout.density()
-            text_scale = 1.0 if cfg.fix_text_rows else 1.0 + cfg.drift * (since - 1)
-        text_out = None
-        if split.num_text:
-            text_out = dense_attention(q[:, split.text], k, v, scale=scale, key_padding_mask=key_padding_mask)
-            if text_scale != 1.0:
-                text_out = text_out * text_scale
-        return split.join(static.from_order(video_out), text_out, call.text_position == "first"), density
+    def plan(self, x: Operands, context) -> Plan:
+        static = self.static_layout(context.call.grid, x.num_text, x.q.device)
+        return Plan(static.layout, element_mask=static.element_mask, kv_partial=static.kv_partial)
 
 
-def _masked_softmax_output(refreshed) -> torch.Tensor:
-    """O_S = (rho x O_S) / rho, and 0 for rows that keep no key."""
-    rho = _per_row(refreshed.rho)
-    return torch.where(rho > 0, refreshed.kept_out / torch.where(rho > 0, rho, 1), torch.zeros_like(rho))
+register_method(RettentionConfig, Rettention)
 
-
-def _per_row(rho: torch.Tensor) -> torch.Tensor:
-    """(B, H, S) row statistic -> (B, S, H, 1), broadcastable over (B, S, H, D) outputs."""
-    return rho.transpose(1, 2).unsqueeze(-1)
+__all__ = ["Rettention", "RettentionConfig", "phase"]

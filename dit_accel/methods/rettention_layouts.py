@@ -1,7 +1,8 @@
-"""Static sparse layouts for Re-ttention's video self-attention (built once per shape, analytically).
+"""Static sparse layouts for Re-ttention's video self-attention (built analytically; the method's
+session keeps one per shape).
 
 Re-ttention keeps one static mask for every layer, head, step and batch item, so the layout, the
-token order and the element predicate are built once per shape and cached. This module covers the
+token order and the element predicate are built once per shape. This module covers the
 video part of self-attention only: video queries attend their masked video keys plus every text key
 (appended after the video keys); text queries are the caller's job (dense).
 
@@ -27,14 +28,12 @@ passing ``key_valid`` is harmless. Consequence: always pass the ``kv_partial`` g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
-from ..config import Window3DConfig
 from ..kernels import BlockLayout, ElementMask, num_blocks
-from .tiles import tile_order
-from .window3d import Window3D
+from .order import TokenOrder, tile_order
+from .window3d import Window3D, Window3DConfig
 
 # Key coordinate of text and padding keys: outside every query's box (boxes lie in [-half, L + half]).
 _OUTSIDE = 2**30
@@ -48,10 +47,8 @@ class StaticSparseLayout:
     ``num_text`` text keys.
 
     Attributes:
-        order_gather: int64 ``(L_pad,)``: frame-major video token held by every slot (0 for padding
-            slots), or None for the identity order without padding.
-        order_valid: bool ``(L_pad,)``: False for padding slots (None when there is no padding).
-        order_inverse: int64 ``(L,)``: the slot of every video token (None with the identity order).
+        order: the slots: frame-major video tokens in the order the layout is expressed in, padded
+            when text follows (so that text keys start a fresh key block).
         layout: block layout over queries = video slots, keys = [video slots, text keys].
         element_mask: the exact per-token rule inside partial tiles (None: the layout is exact at
             tile granularity). Its key axis covers the text keys too (sentinel coordinates).
@@ -60,9 +57,7 @@ class StaticSparseLayout:
         num_text: text keys after the video slots.
     """
 
-    order_gather: torch.Tensor | None
-    order_valid: torch.Tensor | None
-    order_inverse: torch.Tensor | None
+    order: TokenOrder
     layout: BlockLayout
     element_mask: ElementMask | None
     kv_partial: torch.Tensor | None
@@ -72,24 +67,12 @@ class StaticSparseLayout:
     @property
     def num_slots(self) -> int:
         """L_pad: video slots in the reordered, padded sequence."""
-        return self.num_video if self.order_gather is None else self.order_gather.shape[0]
-
-    def to_order(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, ...) video tokens in frame-major order -> (B, L_pad, ...) slots."""
-        return x if self.order_gather is None else x.index_select(1, self.order_gather)
-
-    def from_order(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L_pad, ...) slots -> (B, L, ...) frame-major video tokens (padding slots dropped)."""
-        return x if self.order_inverse is None else x.index_select(1, self.order_inverse)
+        return self.order.num_slots
 
     def key_valid(self) -> torch.Tensor:
         """bool ``(L_pad + num_text,)``: True for real keys (video slots that are not padding, text)."""
         device = self.layout.device
-        video = (
-            torch.ones(self.num_slots, dtype=torch.bool, device=device)
-            if self.order_valid is None
-            else self.order_valid
-        )
+        video = self.order.valid_slots(1)[0].to(device)
         return torch.cat([video, torch.ones(self.num_text, dtype=torch.bool, device=device)])
 
     def element_density(self) -> float:
@@ -142,13 +125,13 @@ def _band_static(
     device = coord.device
     length = coord.shape[0]
     pad = (-length) % block_k if num_text else 0
-    gather = valid = inverse = None
     if pad or order is not None:
         slots = torch.arange(length, device=device) if order is None else order
         gather = torch.cat([slots, torch.zeros(pad, dtype=torch.long, device=device)])
         valid = torch.arange(length + pad, device=device) < length
-        inverse = torch.empty(length, dtype=torch.long, device=device)
-        inverse[slots] = torch.arange(length, device=device)
+        token_order = TokenOrder.from_gather(gather, valid if pad else None)
+    else:
+        token_order = TokenOrder.frame_major(length, device)
     # Padding queries copy the last real query's box (their outputs are dropped, and duplicates do
     # not change which tiles are full or touched); padding keys sit outside every box.
     q_pos = torch.cat([coord, coord[-1:].expand(pad)])
@@ -163,11 +146,10 @@ def _band_static(
     kv_partial = partial_tiles[q_block, layout.kv_indices[0, 0].long()][None, None]
     k_all = torch.cat([k_pos, torch.full((num_text,), _OUTSIDE, dtype=torch.long, device=device)])
     mask = ElementMask(video.q_lo, video.q_hi, k_all.to(torch.int32)[None].contiguous(), "band")
-    return StaticSparseLayout(gather, valid, inverse, layout, mask, kv_partial.contiguous(), length, num_text)
+    return StaticSparseLayout(token_order, layout, mask, kv_partial.contiguous(), length, num_text)
 
 
-@lru_cache(maxsize=16)
-def _band_cached(
+def _band(
     num_tokens: int, sparsity: float, num_text: int, block_q: int, block_k: int, device: torch.device
 ) -> StaticSparseLayout:
     half = int(num_tokens * sparsity) // 2
@@ -186,13 +168,12 @@ def band_layout(
     """PixArt's band on the raster order: ``w = int(N * sparsity)``, keep ``|i - j| <= w // 2``.
 
     Truncated at the sequence ends (no inward shift), as in the reference. N = 4096 at sparsity
-    0.03125 gives w = 128 and 129 keys per interior row. Cached per arguments.
+    0.03125 gives w = 128 and 129 keys per interior row.
     """
-    return _band_cached(num_tokens, float(sparsity), num_text, block_q, block_k, torch.device(device))
+    return _band(num_tokens, float(sparsity), num_text, block_q, block_k, torch.device(device))
 
 
-@lru_cache(maxsize=16)
-def _frame_window_cached(
+def _frame_window(
     grid: tuple[int, int, int],
     sparsity: float,
     num_text: int,
@@ -222,14 +203,12 @@ def frame_window_layout(
     ``half = int(P * sparsity) // 2`` with ``P = H * W`` (the reference's ``window_size = int(1350 *
     sparsity)``), truncated at frame borders. Video tokens are reordered in-frame-index-major
     (slot ``p = i * F + f``), where the rule is the band ``|p_q // F - p_k // F| <= half``.
-    Cached per arguments.
     """
     grid = tuple(int(g) for g in grid)
-    return _frame_window_cached(grid, float(sparsity), num_text, block_q, block_k, torch.device(device))
+    return _frame_window(grid, float(sparsity), num_text, block_q, block_k, torch.device(device))
 
 
-@lru_cache(maxsize=16)
-def _window3d_cached(
+def _window3d(
     grid: tuple[int, int, int],
     window: tuple[int, int, int],
     tile: tuple[int, int, int] | None,
@@ -240,9 +219,7 @@ def _window3d_cached(
     method = Window3D(Window3DConfig(block_size=block_size, window=window, tile=tile))
     order = tile_order(grid, method.config.tile, device)
     layout = method.layout(grid, num_text, device)
-    return StaticSparseLayout(
-        order.gather, order.valid, order.inverse, layout, None, None, grid[0] * grid[1] * grid[2], num_text
-    )
+    return StaticSparseLayout(order, layout, None, None, grid[0] * grid[1] * grid[2], num_text)
 
 
 def window3d_layout(
@@ -260,4 +237,4 @@ def window3d_layout(
     """
     tile = None if tile is None else tuple(int(x) for x in tile)
     args = (tuple(int(x) for x in grid), tuple(int(x) for x in window), tile)
-    return _window3d_cached(*args, block_size, num_text, torch.device(device))
+    return _window3d(*args, block_size, num_text, torch.device(device))

@@ -3,33 +3,51 @@
 Video tokens go to tile order (one tile = one block, as ``window3d``); each query block keeps the
 ``k = max(1, round(density x n))`` key blocks whose mean key scores highest against its mean query
 (float32, padding slots excluded from the means). Every query block keeps exactly ``k`` video
-blocks, so the realized density is the target up to the rounding of ``k``; no correction, no
-forced blocks. Text keys are always attended and text queries stay dense.
+blocks, so the realized density is the target up to the rounding of ``k``; no forced blocks, and
+no correction unless asked (``correction="rectify"``). Text keys are always attended.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..config import TopKConfig
-from ..context import AttentionContext
-from ..kernels import BlockLayout, block_sparse_attention, dense_attention, num_blocks
-from .base import SparseMethod
-from .joint import split_joint
-from .tiles import tile_order
+from ..config import SparseAttentionConfig, register_method
+from ..kernels import BlockLayout, num_blocks
+from .base import Operands, Plan, SparseMethod
+from .order import TokenOrder, checked_tile, fit_tile, tile_order
+from .pooling import pool_blocks
 
 
-def block_means(x: torch.Tensor, valid: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(B, L, H, D) tile-ordered, ``valid`` bool (B, L) -> float32 (B, H, n_blocks, D) means over
-    each block's valid tokens (zero for a block without any)."""
-    batch, length, heads, dim = x.shape
-    n = num_blocks(length, block_size)
-    weight = valid.to(torch.float32).reshape(batch, n, block_size, 1, 1)
-    sums = (x.to(torch.float32).reshape(batch, n, block_size, heads, dim) * weight).sum(2)
-    means = sums / weight.sum(2).clamp_min(1.0)
-    return means.permute(0, 2, 1, 3)
+@dataclass(frozen=True)
+class TopKConfig(SparseAttentionConfig):
+    """Pooled top-k block selection: each query block keeps the key blocks whose mean key scores
+    highest against its mean query. No correction by default; the quality benchmark's baseline.
+
+    Attributes:
+        density: the fraction of video key blocks every query block keeps (0.25); the kept count
+            is ``max(1, round(density x blocks))``.
+        tile: (frames, height, width) of one block in tokens, as for ``window3d``. Default: from
+            ``block_size``, with the frame extent moved into space on grids with fewer frames
+            (images: (1, 8, 16) for 128).
+    """
+
+    method: ClassVar[str] = "topk"
+
+    density: float = 0.25
+    tile: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        d = self.density
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1:
+            raise ValueError(f"density must lie in (0, 1], got {d!r}")
+        if self.tile is not None:
+            object.__setattr__(self, "tile", checked_tile(self.tile, self.block_size))
+        else:
+            checked_tile(None, self.block_size)  # a block size without a default tile fails here
 
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -44,38 +62,22 @@ class TopK(SparseMethod):
     def blocks_kept(self, n_blocks: int) -> int:
         return max(1, min(n_blocks, round(self.config.density * n_blocks)))
 
-    def attend(self, q, k, v, *, scale, key_padding_mask, context: AttentionContext):
-        call, bs = context.call, self.config.block_size
-        split = split_joint(q.shape[1], call)
-        order = tile_order(call.grid, self.config.tile, q.device)
-        batch = q.shape[0]
-        video_ok = order.valid.expand(batch, -1)
-        text_ok = torch.ones(batch, split.num_text, dtype=torch.bool, device=q.device)
-        if key_padding_mask is not None:
-            video_ok = video_ok & order.to_tiles(key_padding_mask[:, split.video])
-            text_ok = key_padding_mask[:, split.text]
-        qv, kv = order.to_tiles(q[:, split.video]), order.to_tiles(k[:, split.video])
-        scores = block_means(qv, order.valid.expand(batch, -1), bs) @ block_means(kv, video_ok, bs).transpose(
-            -1, -2
-        )
-        video_keep = top_k_mask(scores, self.blocks_kept(scores.shape[-1]))
-        text_blocks = num_blocks(split.num_text, bs)
-        text_keep = video_keep.new_ones(*video_keep.shape[:-1], text_blocks)
-        layout = BlockLayout.from_block_mask(torch.cat([video_keep, text_keep], dim=-1), bs, bs)
+    def tile(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+        return self.config.tile or fit_tile(checked_tile(None, self.config.block_size), grid)
 
-        def keys_of(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([order.to_tiles(x[:, split.video]), x[:, split.text]], dim=1)
+    def order(self, context, device, num_text: int = 0) -> TokenOrder:
+        grid = context.call.grid
+        tile = self.tile(grid)
+        return self.cache.get(("tiles", grid, tile, device), lambda: tile_order(grid, tile, device))
 
-        out = block_sparse_attention(
-            qv,
-            keys_of(k),
-            keys_of(v),
-            layout,
-            scale=scale,
-            key_padding_mask=torch.cat([video_ok, text_ok], dim=1),
-            backend=self.config.kernel_backend,
-        )
-        text_out = None
-        if split.num_text:
-            text_out = dense_attention(q[:, split.text], k, v, scale=scale, key_padding_mask=key_padding_mask)
-        return split.join(order.from_tiles(out), text_out, call.text_position == "first"), layout.density()
+    def plan(self, x: Operands, context) -> Plan:
+        bs = x.block_q
+        q_mean = pool_blocks(x.q, bs, x.video_ok, "valid", torch.float32).mean
+        k_mean = pool_blocks(x.k, bs, x.video_ok, "valid", torch.float32).mean
+        scores = q_mean @ k_mean.transpose(-1, -2)
+        video = top_k_mask(scores, self.blocks_kept(scores.shape[-1]))
+        text = video.new_ones(*video.shape[:-1], num_blocks(x.num_text, bs))
+        return Plan(BlockLayout.from_block_mask(torch.cat([video, text], dim=-1), bs, bs))
+
+
+register_method(TopKConfig, TopK)

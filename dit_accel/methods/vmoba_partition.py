@@ -11,7 +11,7 @@ Inside a chunk tokens keep frame-major order, which is the reference's inside-ch
 The reference asserts divisibility; here the last chunk along an axis is shorter instead (ragged),
 and chunks may be padded with empty slots up to a multiple of ``pad_to`` so that chunk boundaries fall
 on attention-block boundaries. Padding slots sit at the end of their chunk: masked as keys, their
-query outputs dropped by :meth:`ChunkPartition.from_chunks`.
+query outputs dropped when the driver scatters back (:attr:`ChunkPartition.order`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import torch
 
 from ..config import positive_int
+from .order import TokenOrder
 
 KINDS = ("1d", "2d", "3d")
 """Partition kinds, in the order of the layer cycle (spec §3.2)."""
@@ -39,8 +40,6 @@ _SIZED_AXES: dict[str, tuple[int, ...]] = {"1d": (0,), "2d": (1, 2), "3d": (0, 1
 @dataclass(frozen=True)
 class ChunkPartition:
     """Gather/scatter indices between frame-major token order and chunk-major (padded) slot order.
-
-    The tensors are shared through the cache of :func:`chunk_partition`: never modify them in place.
 
     Attributes:
         kind: "1d", "2d" or "3d".
@@ -87,13 +86,10 @@ class ChunkPartition:
         """int64 (L,): the slots that hold real tokens, in chunk-major order (computed once)."""
         return torch.nonzero(self.valid).squeeze(1)
 
-    def to_chunks(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, ...) frame-major -> (B, L_pad, ...) chunk-major; padding slots hold copies of token 0."""
-        return x.index_select(1, self.gather)
-
-    def from_chunks(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L_pad, ...) chunk-major -> (B, L, ...) frame-major; padding slots are dropped."""
-        return x.index_select(1, self.inverse)
+    @cached_property
+    def order(self) -> TokenOrder:
+        """The partition as the driver's slot order."""
+        return TokenOrder(self.gather, self.inverse, self.valid)
 
 
 def _int_tuple(value: object, length: int, name: str) -> tuple[int, ...]:
@@ -130,7 +126,7 @@ def chunk_partition(
     pad_to: int = 1,
     device: torch.device | str = "cpu",
 ) -> ChunkPartition:
-    """The chunk partition of a (T, H, W) token grid; cached per (normalised) arguments.
+    """The chunk partition of a (T, H, W) token grid (the method's session caches it per grid).
 
     Args:
         grid: (T, H, W) tokens, frame-major.
@@ -146,7 +142,6 @@ def chunk_partition(
     return _chunk_partition(grid_t, kind, sizes, pad, torch.device(device))
 
 
-@lru_cache(maxsize=64)
 def _chunk_partition(
     grid: tuple[int, int, int],
     kind: str,

@@ -2,33 +2,63 @@
 
 Tokens are regrouped into tiles (one tile = one block); a query tile attends the key tiles of a
 window centred on it and shifted inward at the grid's borders, so every query tile sees the same
-number of key tiles. Text keys are always attended and text queries stay dense.
+number of key tiles. Text keys are always attended and text queries stay dense (the driver).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..config import Window3DConfig
-from ..context import AttentionContext
-from ..kernels import BlockLayout, block_sparse_attention, dense_attention, num_blocks
-from .base import SparseMethod
-from .joint import split_joint
-from .tiles import tile_coordinates, tile_order
+from ..config import SparseAttentionConfig, as_int_tuple, register_method
+from ..kernels import BlockLayout, num_blocks
+from .base import Operands, Plan, SparseMethod
+from .order import TokenOrder, checked_tile, tile_coordinates, tile_order, tiles_per_axis
+
+
+@dataclass(frozen=True)
+class Window3DConfig(SparseAttentionConfig):
+    """A static 3D local window over the video token grid (Sliding-Tile-Attention, training-free).
+
+    Video tokens are reordered into ``tile``-shaped groups of ``block_size`` tokens, so one block
+    is one compact spatio-temporal tile. A query tile attends the key tiles of a window centred on
+    it and shifted to stay inside the grid at borders, so every query tile sees the same number of
+    key tiles. The window is tile-granular: each extent is rounded up to whole tiles.
+
+    Attributes:
+        window: (frames, height, width) extent of the window in latent tokens (after patchify).
+            Axes longer than the grid are clamped, so a window at least as large as the grid is
+            dense attention.
+        tile: (frames, height, width) of one tile in tokens; the product must equal
+            ``block_size``. Default: chosen from ``block_size`` (128 -> (2, 8, 8), 64 -> (1, 8, 8)).
+    """
+
+    method: ClassVar[str] = "window3d"
+
+    window: tuple[int, int, int] = (9, 24, 24)
+    tile: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        window = as_int_tuple(self.window, "window", 3)
+        if any(w < 1 for w in window):
+            raise ValueError(f"window extents must be >= 1 token, got {self.window!r}")
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "tile", checked_tile(self.tile, self.block_size))
 
 
 def window_block_mask(
-    tiles_per_axis: tuple[int, int, int], window_tiles: tuple[int, int, int], device: torch.device
+    tiles: tuple[int, int, int], window_tiles: tuple[int, int, int], device: torch.device
 ) -> torch.Tensor:
     """Bool (num_tiles, num_tiles): query tile i attends key tile j.
 
     Per axis with n tiles and a window of w tiles (w clamped to n), query tile a sees key tiles
     [s, s + w) with s = clamp(a - (w - 1) // 2, 0, n - w): centred, shifted inward at borders.
     """
-    coords = tile_coordinates(tiles_per_axis, device)
-    n = torch.tensor(tiles_per_axis, device=device)
+    coords = tile_coordinates(tiles, device)
+    n = torch.tensor(tiles, device=device)
     w = torch.minimum(torch.tensor(window_tiles, device=device), n)
     start = torch.minimum(torch.clamp(coords - (w - 1) // 2, min=0), n - w)
     inside = (coords[None, :, :] >= start[:, None, :]) & (coords[None, :, :] < (start + w)[:, None, :])
@@ -38,54 +68,30 @@ def window_block_mask(
 class Window3D(SparseMethod):
     config_cls: ClassVar[type[Window3DConfig]] = Window3DConfig
 
-    def __init__(self, config: Window3DConfig) -> None:
-        super().__init__(config)
-        self._layouts: dict[tuple, BlockLayout] = {}
-
     def window_tiles(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
         extents = zip(self.config.window, grid, self.config.tile, strict=True)
         return tuple(-(-min(w, g) // t) for w, g, t in extents)
 
+    def order(self, context, device, num_text: int = 0) -> TokenOrder:
+        grid, tile = context.call.grid, self.config.tile
+        return self.cache.get(("tiles", grid, tile, device), lambda: tile_order(grid, tile, device))
+
     def layout(self, grid: tuple[int, int, int], num_text: int, device: torch.device) -> BlockLayout:
         """The static layout for a grid plus ``num_text`` text keys appended after the video tiles."""
-        key = (grid, num_text, device)
-        if key not in self._layouts:
-            order = tile_order(grid, self.config.tile, device)
-            video = window_block_mask(order.tiles_per_axis, self.window_tiles(grid), device)
-            text_blocks = num_blocks(num_text, self.config.block_size)
-            text = torch.ones(order.num_tiles, text_blocks, dtype=torch.bool, device=device)
-            mask = torch.cat([video, text], dim=1)[None, None]
-            self._layouts[key] = BlockLayout.from_block_mask(
-                mask, self.config.block_size, self.config.block_size
+
+        def build() -> BlockLayout:
+            tiles = tiles_per_axis(grid, self.config.tile)
+            video = window_block_mask(tiles, self.window_tiles(grid), device)
+            text = torch.ones(
+                video.shape[0], num_blocks(num_text, self.config.block_size), dtype=torch.bool, device=device
             )
-        return self._layouts[key]
+            mask = torch.cat([video, text], dim=1)[None, None]
+            return BlockLayout.from_block_mask(mask, self.config.block_size, self.config.block_size)
 
-    def attend(self, q, k, v, *, scale, key_padding_mask, context: AttentionContext):
-        call = context.call
-        split = split_joint(q.shape[1], call)
-        order = tile_order(call.grid, self.config.tile, q.device)
-        batch = q.shape[0]
+        return self.cache.get(("window3d", grid, num_text, device), build)
 
-        def keys_of(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([order.to_tiles(x[:, split.video]), x[:, split.text]], dim=1)
+    def plan(self, x: Operands, context) -> Plan:
+        return Plan(self.layout(context.call.grid, x.num_text, x.q.device))
 
-        video_ok = order.valid.expand(batch, -1)
-        text_ok = torch.ones(batch, split.num_text, dtype=torch.bool, device=q.device)
-        if key_padding_mask is not None:
-            video_ok = video_ok & order.to_tiles(key_padding_mask[:, split.video])
-            text_ok = key_padding_mask[:, split.text]
-        layout = self.layout(call.grid, split.num_text, q.device)
-        out = block_sparse_attention(
-            order.to_tiles(q[:, split.video]),
-            keys_of(k),
-            keys_of(v),
-            layout,
-            scale=scale,
-            key_padding_mask=torch.cat([video_ok, text_ok], dim=1),
-            backend=self.config.kernel_backend,
-        )
-        video_out = order.from_tiles(out)
-        text_out = None
-        if split.num_text:
-            text_out = dense_attention(q[:, split.text], k, v, scale=scale, key_padding_mask=key_padding_mask)
-        return split.join(video_out, text_out, call.text_position == "first"), layout.density()
+
+register_method(Window3DConfig, Window3D)

@@ -17,6 +17,16 @@ def supported_families() -> list[str]:
     return [adapter.family for adapter in ADAPTERS]
 
 
+def adapter_named(family: str) -> ModelAdapter:
+    """The adapter of a family by name ("Wan", ...): benchmarks and tests complete configs with it."""
+    for adapter in ADAPTERS:
+        if adapter.family == family:
+            return adapter()
+    raise UnsupportedModelError(
+        f"no adapter for family {family!r}; supported: {', '.join(supported_families())}"
+    )
+
+
 def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
     """The adapter for this transformer, or an error naming the supported families."""
     for adapter in ADAPTERS:
@@ -27,4 +37,11 @@ def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "Installation", "UnsupportedModelError", "adapter_for", "supported_families"]
+__all__ = [
+    "ADAPTERS",
+    "Installation",
+    "UnsupportedModelError",
+    "adapter_for",
+    "adapter_named",
+    "supported_families",
+]

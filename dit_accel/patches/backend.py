@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..context import CURRENT_CALL, CURRENT_LAYER, AttentionContext, layer_of, running_layer_key
+from ..context import CURRENT_CALL, AttentionContext, layer_of, running_layer_key
 from ..kernels import dense_attention
 
 logger = logging.getLogger(__name__)
@@ -94,13 +94,9 @@ def _attention(
     if not (ok and dropout_p == 0.0 and not is_causal and query.shape[2] == key.shape[2]):
         session.note_fallback(layer.name, "unsupported attention arguments (mask, dropout, causal or GQA)")
         return _exact_dense(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    token = CURRENT_LAYER.set(layer)
-    try:
-        out, density = session.method(
-            query, key, value, scale=scale, key_padding_mask=key_padding_mask, context=context
-        )
-    finally:
-        CURRENT_LAYER.reset(token)
+    out, density = session.method(
+        query, key, value, scale=scale, key_padding_mask=key_padding_mask, context=context
+    )
     if density is not None:  # None: a call the method serves but that is not sparse attention
         session.record(context, density)
     return out

@@ -9,6 +9,7 @@ hooks in place and records every change so that ``uninstall`` restores the exact
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
@@ -42,6 +43,51 @@ class ModelAdapter:
     family: ClassVar[str] = ""
     transformer_classes: ClassVar[tuple[str, ...]] = ()
     text_position: ClassVar[str] = "none"
+    #: Per method name, the values of config fields left at None (the family default). The key
+    #: "rettention" also fills ``RettentionCorrection.warmup_fraction`` when another method uses
+    #: Re-ttention's correction.
+    method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def resolve(self, config: Any) -> Any:
+        """``config`` with every family default filled in: what the method will run."""
+        from ..methods.corrections import CORRECTIONS, RettentionCorrection
+
+        table = self.method_defaults.get(config.method, {})
+        changes = {
+            name: value
+            for name, value in table.items()
+            if hasattr(config, name) and getattr(config, name) is None
+        }
+        changes.setdefault("dense_steps", 0 if config.dense_steps is None else config.dense_steps)
+        changes.setdefault("dense_layers", () if config.dense_layers is None else config.dense_layers)
+        correction = config.correction
+        if isinstance(correction, str) and correction in CORRECTIONS:
+            correction = CORRECTIONS[correction]()
+        warmup = self.method_defaults.get("rettention", {}).get("warmup_fraction")
+        if isinstance(correction, RettentionCorrection) and correction.warmup_fraction is None:
+            correction = dataclasses.replace(correction, warmup_fraction=warmup)
+        changes["correction"] = correction
+        return config.replace(**changes)
+
+    def patch_hw(self, transformer: torch.nn.Module) -> tuple[int, int]:
+        """Latent pixels per token along height and width."""
+        patch = transformer.config.patch_size
+        return (
+            (int(patch[-2]), int(patch[-1])) if isinstance(patch, list | tuple) else (int(patch), int(patch))
+        )
+
+    def install_twin_branch(
+        self, installation: Installation, backend: Any, method: Any
+    ) -> list[Callable[[], None]]:
+        """Families without separate text cross-attention have no twin branch to offer."""
+        method.patch[installation.name] = self.patch_hw(installation.transformer)
+        if method.window_alone_allowed():
+            return []
+        raise NotImplementedError(
+            f"{type(method).__name__} is implemented for Wan (the reference): it needs a full-attention twin "
+            f"branch with separate text cross-attention, which {self.family} does not have. Pass "
+            "experimental=True with cross_attn_override=False to run the window alone."
+        )
 
     @classmethod
     def matches(cls, transformer: torch.nn.Module) -> bool:
@@ -137,7 +183,6 @@ class Installation:
         self.transformer, self.adapter, self.session, self.name = transformer, adapter, session, name
         self._undo: list[Callable[[], None]] = []
         self._tokens: list[tuple] = []
-        self.layers: list[str] = []
 
     def install(self) -> None:
         backend = register_backend()
@@ -148,12 +193,11 @@ class Installation:
             for index, (path, module) in enumerate(layers):
                 self._undo.append(self.adapter.route(module, backend))
                 self.hook_layer(module, LayerContext(path, index))
-                self.layers.append(path)
             self._hook_transformer()
             self._wrap_cache_context()
-            extras = getattr(self.session.method, "install_extras", None)
-            if extras is not None:  # hooks beyond self-attention (FreeSwim's dual path)
-                self._undo.extend(extras(self, backend))
+            method = self.session.method
+            if method.twin_branch:
+                self._undo.extend(self.adapter.install_twin_branch(self, backend, method))
         except Exception:
             self.uninstall()
             raise
@@ -161,7 +205,6 @@ class Installation:
     def uninstall(self) -> None:
         while self._undo:
             self._undo.pop()()
-        self.layers.clear()
 
     def hook_layer(self, module: torch.nn.Module, layer: LayerContext) -> None:
         """Make ``layer`` the running layer while ``module`` runs (undone on uninstall).
@@ -206,7 +249,6 @@ class Installation:
                 num_inference_steps=branch_info.get("num_inference_steps") or session.steps_hint(),
                 cfg_branch=branch_name,
                 transformer_name=self.name,
-                family=adapter.family,
             )
             self._tokens.append((CURRENT_CALL.set(call), ACTIVE_SESSION.set(session)))
 

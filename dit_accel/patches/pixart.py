@@ -21,6 +21,13 @@ class PixArtAdapter(ProcessorSwapAdapter):
     stock_processors = ("AttnProcessor2_0",)
     routed_processor = SelfAttentionRoutedProcessor
 
+    method_defaults = {
+        # Not in the reference (dit-accel extension): no warm-up.
+        "rectified": dict(sa_drop_rate=0.75, dense_steps=0, dense_layers=(), first_frame="none"),
+        # The reference: 5 of 20 steps dense, a 1-D band over the image tokens.
+        "rettention": dict(warmup_fraction=5 / 20, mask="band"),
+    }
+
     def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         p = transformer.config.patch_size
         _, _, height, width = hidden_states.shape

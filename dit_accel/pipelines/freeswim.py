@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..api import _sessions, disable_sparse_attention, enable_sparse_attention
-from ..config import FreeSwimConfig
+from ..methods.freeswim import FreeSwimConfig
 from ..sizes import check_frame_size, nearest_valid_size
 
 logger = logging.getLogger(__name__)
