@@ -186,7 +186,8 @@ def test_pad_to_aligns_chunks_to_blocks():
 def test_lists_and_tuples_give_the_same_partition():
     a = chunk_partition((4, 4, 6), "3d", (2, 2, 3))
     assert torch.equal(chunk_partition([4, 4, 6], "3d", [2, 2, 3]).gather, a.gather)
-    assert torch.equal(chunk_partition((4, 4, 6), "1d", [2]).gather, chunk_partition((4, 4, 6), "1d", 2).gather)
+    one_d = chunk_partition((4, 4, 6), "1d", 2)
+    assert torch.equal(chunk_partition((4, 4, 6), "1d", [2]).gather, one_d.gather)
     assert chunk_partition((4, 4, 6), "3d", (2, 2, 3), pad_to=16).num_slots > a.num_slots
 
 
