@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dit_accel  # noqa: E402
-from dit_accel.methods.order import tile_order  # noqa: E402
+from dit_accel.methods.order import tile_order, tiles_per_axis  # noqa: E402
 
 CONCENTRATED = 0.5
 
@@ -51,6 +51,8 @@ class _Probe:
 def head_statistics(q: torch.Tensor, k: torch.Tensor, grid, block_size: int, tile, scale=None) -> list[dict]:
     """Per head of q, k (S, H, D) in diffusers' token order on ``grid``: the two shares."""
     order = tile_order(tuple(grid), tuple(tile), q.device)
+    t = tiles_per_axis(tuple(grid), tuple(tile))
+    n_tiles = t[0] * t[1] * t[2]
     f, h, w = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
     coords = torch.stack([f.flatten(), h.flatten(), w.flatten()], dim=1)
     near = ((coords[:, None] - coords[None]).abs() <= torch.tensor([1, 2, 2])).all(-1)
@@ -60,14 +62,14 @@ def head_statistics(q: torch.Tensor, k: torch.Tensor, grid, block_size: int, til
         p = torch.softmax(q[:, head] @ k[:, head].T * scale, dim=-1)
         local = float((p * near).sum(-1).mean())
         tiled = p[order.gather][:, order.gather] * (order.valid[:, None] & order.valid[None, :])
-        n = order.num_tiles
+        n = n_tiles
         mass = tiled.view(n, block_size, n, block_size).sum((1, 3))
         mass = mass / mass.sum(-1, keepdim=True).clamp_min(1e-30)
         top = max(1, math.ceil(0.1 * n))
         share = float(mass.topk(top, dim=-1).values.sum(-1).mean())
         stats.append(dict(head=head, top10=share, local=local))
     uniform_local = float(near.float().sum(-1).mean()) / coords.shape[0]
-    return stats, uniform_local, max(1, math.ceil(0.1 * order.num_tiles)) / order.num_tiles
+    return stats, uniform_local, max(1, math.ceil(0.1 * n_tiles)) / n_tiles
 
 
 def structure(pipe, call: dict, block_size: int, tile, steps: int) -> tuple[list[dict], float, float]:

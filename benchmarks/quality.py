@@ -64,11 +64,13 @@ class Row:
     result: dict = field(default_factory=dict)
 
 
-def grid_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
+def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> list[Row]:
     """The settings to run for a video (Wan-like, 3D grid) or image (PixArt-like, one frame) model.
 
-    Knob values are chosen so that each method spans the baselines' density range on the proxies'
-    grids (32 blocks per sequence); see the results file for the realized densities.
+    ``grid``: "methods" (every method at its default and over its knobs), "combinations" (every
+    planner with every correction) or "all". Knob values are chosen so that each method spans the
+    baselines' density range on the proxies' grids (32 blocks per sequence); the results file has
+    the realized densities. The baselines are in every grid.
     """
     densities = (0.25, 0.5) if quick else DENSITIES
     rows = [Row("dense", "dense", role="dense")]
@@ -77,7 +79,15 @@ def grid_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
         Row(f"topk d={d} +{warmup} dense", "topk", {"density": d, "dense_steps": warmup}, "baseline b")
         for d in densities
     ]
-    rows += [
+    if grid in ("methods", "all"):
+        rows += _method_rows(kind, quick, warmup)
+    if grid in ("combinations", "all") and not quick:
+        rows += _combination_rows(kind)
+    return rows
+
+
+def _method_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
+    rows = [
         Row("window3d default", "window3d", {}, "default"),
         Row("vmoba default", "vmoba", {}, "default"),
         Row("rettention default", "rettention", {}, "default"),
@@ -87,9 +97,7 @@ def grid_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
         rows.append(Row("freeswim base=half", "freeswim", {"base_resolution": "half"}, "default"))
     if quick:
         return rows
-    windows = (
-        [(8, 16, 8), (4, 16, 16), (8, 16, 16)] if kind == "video" else [(1, 8, 16), (1, 16, 16), (1, 16, 32)]
-    )
+    windows = _windows(kind)
     rows += [Row(f"window3d window={w}", "window3d", {"window": w}) for w in windows]
     rows += [
         Row(f"window3d window={w} +{warmup} dense", "window3d", {"window": w, "dense_steps": warmup})
@@ -118,6 +126,36 @@ def grid_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
         )
         for r in (0.875, 0.75)
     ]
+    return rows
+
+
+def _windows(kind: str) -> list[tuple[int, int, int]]:
+    return (
+        [(8, 16, 8), (4, 16, 16), (8, 16, 16)] if kind == "video" else [(1, 8, 16), (1, 16, 16), (1, 16, 32)]
+    )
+
+
+def _combination_rows(kind: str) -> list[Row]:
+    """Every planner at about a quarter of the blocks with no correction, per-row and per-block
+    rectification and Re-ttention's correction (its own schedule: warm-up and refreshes)."""
+    planners = [
+        ("topk d=0.25", "topk", {"density": 0.25}),
+        (f"window3d window={_windows(kind)[1]}", "window3d", {"window": _windows(kind)[1]}),
+        ("vmoba", "vmoba", {}),
+        ("rectified drop=0.75", "rectified", {"sa_drop_rate": 0.75, "dense_steps": 0, "dense_layers": ()}),
+        ("rettention mask sparsity=0.25", "rettention", {"sparsity": 0.25}),
+    ]
+    corrections = [
+        ("none", None),
+        ("rectify per_row", "rectify"),
+        ("rectify per_block", "per_block"),
+        ("rettention", "rettention"),
+    ]
+    rows = []
+    for label, method, options in planners:
+        for name, correction in corrections:
+            value = {"per_block": "rectify_per_block"}.get(correction, correction)
+            rows.append(Row(f"{label} + {name}", method, {**options, "correction": value}, "combination"))
     return rows
 
 
@@ -295,6 +333,8 @@ def markdown(name: str, rows: list[Row], settings: dict, started: dict) -> str:
 def _family(row: Row) -> str:
     if row.role.startswith("baseline"):
         return f"topk ({row.role})"
+    if row.role == "combination":  # one marker set per correction, over the planners
+        return "correction: " + row.label.split(" + ", 1)[1]
     label = row.label
     if "per_row" in label:
         label = "rectified per_row"
@@ -323,6 +363,8 @@ def plot(name: str, rows: list[Row], path: Path) -> None:
         style = (
             dict(linestyle="--", linewidth=2.5, color="black" if "baseline a" in family else "grey")
             if "baseline" in family
+            else dict(linestyle="none")
+            if family.startswith("correction")
             else {}
         )
         left.plot(x, [r.result["psnr"] for r in members], marker="o", label=family, **style)
@@ -417,6 +459,8 @@ def resolve_row(row: Row, call: dict, block_size: int | None, kind: str) -> None
         bs = row.options.get("block_size", 128)
         side = int(math.isqrt(bs))
         row.options.setdefault("tile", (1, side, bs // side))
+    if row.options.get("correction") == "rectify_per_block":
+        row.options["correction"] = dit_accel.RectifyCorrection(mode="per_block")
     if row.options.get("base_resolution") == "half":
         row.options["base_resolution"] = (call["height"] // 2, call["width"] // 2)
         row.options.setdefault("vae_scale_factor", 4)
@@ -447,6 +491,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument(
         "--option", action="append", default=[], help="extra config field for every method row"
     )
+    parser.add_argument("--grid", choices=("methods", "combinations", "all"), default="methods")
     parser.add_argument("--untrained", action="store_true", help="the proxy with random weights (tests)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -462,7 +507,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     block_size = args.block_size or (32 if kind == "image" else None)
     rows = [
         r
-        for r in grid_rows(kind, args.quick, warmup)
+        for r in grid_rows(kind, args.quick, warmup, args.grid)
         if r.role == "dense" or not args.only or any(o in r.label for o in args.only)
     ]
     extra = dict(map(_parse_option, args.option))
@@ -513,7 +558,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     )
     settings["size"] = "x".join(str(call[k]) for k in ("num_frames", "height", "width") if k in call) + " px"
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"quality_{name}" + ("_quick" if args.quick else "")
+    stem = (
+        f"quality_{name}"
+        + ("_quick" if args.quick else "")
+        + ("" if args.grid == "methods" else f"_{args.grid}")
+    )
     (args.out / f"{stem}.md").write_text(markdown(name, rows, settings, started))
     (args.out / f"{stem}.json").write_text(
         json.dumps(
