@@ -456,9 +456,9 @@ def resolve_row(row: Row, call: dict, block_size: int | None, kind: str) -> None
     if block_size is not None:
         row.options.setdefault("block_size", block_size)
     if kind == "image" and row.method in ("window3d", "topk"):
-        bs = row.options.get("block_size", 128)
-        side = int(math.isqrt(bs))
-        row.options.setdefault("tile", (1, side, bs // side))
+        from dit_accel.methods.order import default_tile, fit_tile
+
+        row.options.setdefault("tile", fit_tile(default_tile(row.options.get("block_size", 128)), (1, 2, 2)))
     if row.options.get("correction") == "rectify_per_block":
         row.options["correction"] = dit_accel.RectifyCorrection(mode="per_block")
     if row.options.get("base_resolution") == "half":
