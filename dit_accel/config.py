@@ -124,13 +124,9 @@ def register_method(config_cls: type[SparseAttentionConfig], method_cls: type) -
     _METHODS[config_cls] = method_cls
 
 
-def _registered() -> None:
-    from . import methods  # noqa: F401  (importing the package registers every method)
-
-
 def method_class(config: SparseAttentionConfig) -> type:
-    """The method class that serves ``config`` (by config type)."""
-    _registered()
+    """The method class that serves ``config`` (by config type). ``import dit_accel`` imports
+    every method module, which registers it."""
     for cls in type(config).__mro__:
         if cls in _METHODS:
             return _METHODS[cls]
@@ -138,13 +134,11 @@ def method_class(config: SparseAttentionConfig) -> type:
 
 
 def available_methods() -> list[str]:
-    _registered()
     return sorted(_BY_NAME)
 
 
 def resolve_config(method: str | SparseAttentionConfig, **overrides: Any) -> SparseAttentionConfig:
     """Turn ``"name"`` + keyword overrides, or a config object (+ overrides), into a config."""
-    _registered()
     if isinstance(method, SparseAttentionConfig):
         return method.replace(**overrides) if overrides else method
     if not isinstance(method, str):

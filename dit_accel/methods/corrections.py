@@ -19,13 +19,14 @@ Each has a small frozen config; ``correction="rectify"`` means ``RectifyCorrecti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..config import CorrectionConfig
 from ..context import AttentionContext
 from ..kernels import num_blocks, refresh_attention
+from .plan import Corrected, Operands, Plan, run_kernel
 from .pooling import (
     PooledBlocks,
     estimated_block_mass,
@@ -34,9 +35,6 @@ from .pooling import (
     pool_blocks,
     rectification,
 )
-
-if TYPE_CHECKING:
-    from .base import Corrected, Operands, Plan, SparseMethod
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,7 +105,7 @@ class RettentionCorrection(CorrectionConfig):
 CORRECTIONS = {"rectify": RectifyCorrection, "rettention": RettentionCorrection}
 
 
-def resolve_correction(method: SparseMethod, choice: Any) -> CorrectionConfig | None:
+def resolve_correction(method: Any, choice: Any) -> CorrectionConfig | None:
     """The correction a config asks for: "default" = the method's own, a name = that correction's
     defaults, a config object as given, None = none."""
     if isinstance(choice, str) and choice == "default":
@@ -117,7 +115,7 @@ def resolve_correction(method: SparseMethod, choice: Any) -> CorrectionConfig | 
     return choice
 
 
-def build_corrector(method: SparseMethod, config) -> Corrector | None:
+def build_corrector(method: Any, config) -> Corrector | None:
     correction = resolve_correction(method, config.correction)
     if correction is None:
         return None
@@ -128,7 +126,7 @@ def build_corrector(method: SparseMethod, config) -> Corrector | None:
 
 
 class Corrector:
-    def __init__(self, method: SparseMethod, config: CorrectionConfig) -> None:
+    def __init__(self, method: Any, config: CorrectionConfig) -> None:
         self.method, self.config = method, config
 
     def phase(self, context: AttentionContext) -> tuple[str, int]:
@@ -173,8 +171,6 @@ class Rectify(Corrector):
     config: RectifyCorrection
 
     def correct(self, x, plan, context, kind, since):
-        from .base import Corrected, run_kernel
-
         cfg, backend = self.config, self.method.config.kernel_backend
         stats = plan.pooled if plan.pooled is not None else pooled_stats(x, plan, cfg.pooled_means)
         n_kv = stats.k.mean.shape[2]
@@ -222,8 +218,6 @@ class Rettention(Corrector):
         return rettention_phase(call.step_index, call.num_inference_steps, warmup, cfg.refresh_every)
 
     def correct(self, x, plan, context, kind, since):
-        from .base import Corrected, run_kernel
-
         cfg, call = self.config, context.call
         backend = self.method.config.kernel_backend
         batch = x.q.shape[0]

@@ -12,7 +12,8 @@ from typing import ClassVar
 
 from ..config import SparseAttentionConfig, register_method
 from ..kernels import BlockLayout, dense_attention, num_blocks
-from .base import Operands, Plan, SparseMethod
+from .base import SparseMethod
+from .plan import Operands, Plan
 
 
 @dataclass(frozen=True)

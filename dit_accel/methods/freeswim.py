@@ -30,9 +30,10 @@ import torch
 from ..config import SparseAttentionConfig, as_int_tuple, positive_int, register_method
 from ..context import TWIN_BRANCH, AttentionContext, CallContext
 from ..kernels import BlockLayout, ElementMask, dense_attention, num_blocks
-from .base import Operands, Plan, SparseMethod
+from .base import SparseMethod
 from .freeswim_layout import WindowLayout, window_layout
 from .order import TokenOrder
+from .plan import Operands, Plan
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,11 @@ import torch
 
 from ..config import SparseAttentionConfig, register_method
 from ..kernels import BlockLayout, num_blocks
-from .base import Operands, Plan, SparseMethod
+from .base import SparseMethod
 from .corrections import PooledStats, RectifyCorrection
 from .curve_order import block_neighbours, curve_order
 from .order import TokenOrder
+from .plan import Operands, Plan
 from .pooling import estimated_block_mass, pool_blocks, top_k_floor, top_p_with_floor
 
 RECTIFIED_POOLED_MEANS = ("padded", "valid")

@@ -21,10 +21,11 @@ from typing import ClassVar
 import torch
 
 from ..config import SparseAttentionConfig, register_method
-from .base import Operands, Plan, SparseMethod
+from .base import SparseMethod
 from .corrections import RettentionCorrection
 from .corrections import rettention_phase as phase
 from .order import TokenOrder
+from .plan import Operands, Plan
 from .rettention_layouts import StaticSparseLayout, band_layout, frame_window_layout, window3d_layout
 
 RETTENTION_MASKS = (None, "band", "frame_window", "window3d")

@@ -16,8 +16,9 @@ import torch
 
 from ..config import SparseAttentionConfig, register_method
 from ..kernels import BlockLayout, num_blocks
-from .base import Operands, Plan, SparseMethod
+from .base import SparseMethod
 from .order import TokenOrder, checked_tile, fit_tile, tile_order
+from .plan import Operands, Plan
 from .pooling import pool_blocks
 
 

@@ -28,8 +28,9 @@ import torch
 from ..config import SparseAttentionConfig, as_int_tuple, register_method
 from ..kernels import BlockLayout, num_blocks
 from ..kernels.row_chunk_mask import RowChunkMask
-from .base import Operands, Plan, SparseMethod
+from .base import SparseMethod
 from .order import TokenOrder
+from .plan import Operands, Plan
 from .vmoba_partition import ChunkPartition, chunk_partition, layer_kind, scale_chunk_size
 from .vmoba_select import chunk_gate, select_chunks
 

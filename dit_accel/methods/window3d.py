@@ -14,8 +14,9 @@ import torch
 
 from ..config import SparseAttentionConfig, as_int_tuple, register_method
 from ..kernels import BlockLayout, num_blocks
-from .base import Operands, Plan, SparseMethod
+from .base import SparseMethod
 from .order import TokenOrder, checked_tile, tile_coordinates, tile_order, tiles_per_axis
+from .plan import Operands, Plan
 
 
 @dataclass(frozen=True)
