@@ -27,9 +27,8 @@ from ..config import CorrectionConfig, SparseAttentionConfig
 from ..context import TWIN_BRANCH, AttentionContext
 from ..kernels import dense_attention
 from .corrections import build_corrector
-from .joint import keys_with_text, split_joint
 from .order import TokenOrder
-from .plan import Corrected, Operands, Plan, run_kernel
+from .plan import Corrected, Operands, Plan, keys_with_text, run_kernel, split_joint
 
 
 class StateStore:
