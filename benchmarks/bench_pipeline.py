@@ -3,9 +3,11 @@
 Each pipeline is a real diffusers pipeline whose transformer has the published architecture with
 random weights; text encoders are skipped (random prompt embeddings of the right width), the VAE
 decode too (``output_type="latent"``), so the time is the denoising loop: transformer calls,
-guidance and the scheduler. Every method runs with its defaults. Per-step time = the call's wall
-time / steps after a one-step warm-up (which also autotunes kernels); attention share from a second
-run that times every attention call (synchronising the GPU around each).
+guidance and the scheduler. Every registered method runs with its defaults (FreeSwim outside Wan
+in its experimental window-alone mode: the other families have no cross-attention to guide).
+Per-step time = the call's wall time / steps after a one-step warm-up (which also autotunes
+kernels); attention share from a second run that times every attention call (synchronising the
+GPU around each).
 
 GPU shapes: Wan 2.1 1.3B at 480p and 720p (81 frames); HunyuanVideo at 320x512 (61 frames) and
 CogVideoX-5B at 480x720 (49 frames) with **reduced depth** (4 + 8 and 8 blocks) to fit the time
@@ -39,10 +41,11 @@ import tiny_pipelines as tp  # noqa: E402
 from timing import commit, machine  # noqa: E402
 
 import dit_accel  # noqa: E402
+from dit_accel.attention_timer import AttentionTimer  # noqa: E402
 from dit_accel.regional_compile import compile_blocks  # noqa: E402
-from dit_accel.render import _AttentionTimer  # noqa: E402
 
-METHODS = ["dense", "window3d", "vmoba", "rettention", "rectified"]
+#: Every registered method, dense first (the speed-ups are against it).
+METHODS = ["dense", *(m for m in dit_accel.available_methods() if m != "dense")]
 
 WAN_13B = dict(
     num_attention_heads=12, attention_head_dim=128, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30
@@ -133,7 +136,11 @@ CPU_OPTIONS = {
         scale_chunks=False, temporal_chunk_size=1, spatial_chunk_size=(5, 7), st_chunk_size=(1, 5, 7)
     ),
     "rectified": dict(dense_steps=0, dense_layers=()),
+    "freeswim": dict(window=(3, 3)),
 }
+#: FreeSwim's full-attention guide overrides Wan's text cross-attention; the other families have
+#: none, so there it runs the window alone (its experimental mode).
+FREESWIM_WITHOUT_CROSS_ATTENTION = dict(experimental=True, cross_attn_override=False)
 
 
 def _text_width(transformer: torch.nn.Module) -> tuple[int, str]:
@@ -205,6 +212,8 @@ def run_case(
         if compiled:
             torch._dynamo.reset()  # a fresh compile per method, never the recompile limit
         options = {} if overrides else dict(CPU_OPTIONS.get(method, {}), block_size=16)
+        if method == "freeswim" and not builder.startswith("wan"):
+            options.update(FREESWIM_WITHOUT_CROSS_ATTENTION)
         if method != "dense":
             dit_accel.enable_sparse_attention(pipe, method, **options)
         else:
@@ -216,7 +225,7 @@ def run_case(
             step = timed_call(pipe, dict(call, num_inference_steps=steps), device) / steps
             peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device == "cuda" else "n/a"
             report = dit_accel.sparse_attention_report(pipe)
-            timer = _AttentionTimer(pipe)
+            timer = AttentionTimer(pipe)
             try:
                 total = timed_call(pipe, dict(call, num_inference_steps=steps), device)
             finally:
@@ -237,7 +246,9 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 4, CPU 3)")
-    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument(
+        "--methods", nargs="*", default=METHODS, help=f"methods to time (default: {' '.join(METHODS)})"
+    )
     parser.add_argument(
         "--budget", type=float, default=280.0, help="seconds, then remaining runs are skipped"
     )

@@ -47,8 +47,16 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-def commit() -> str:
+HERE = Path(__file__).resolve().parent
+
+
+def commit(checkout: Path = HERE) -> str:
+    """The short commit of the checkout holding ``checkout`` (these scripts' own by default, wherever
+    they are run from), or "unknown" outside a git checkout or without git; git's errors are silenced."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
+        )
+    except OSError:
         return "unknown"
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"

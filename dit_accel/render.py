@@ -21,8 +21,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import resolve_config
+from .attention_timer import AttentionTimer
+from .config import available_methods, resolve_config
 from .methods.freeswim import FreeSwimConfig
+from .output_file import write_frames
 from .sizes import check_frame_size
 
 logger = logging.getLogger(__name__)
@@ -147,44 +149,6 @@ def _dtype(name: str, device: str) -> torch.dtype:
         raise RenderError(f"--dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
 
 
-class _TimedMethod:
-    """Stands in for a session's method: the same object behind it, with its calls timed."""
-
-    def __init__(self, method: Any, timer: _AttentionTimer) -> None:
-        self._method, self._timer = method, timer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._method, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-        sync()
-        start = time.perf_counter()
-        try:
-            return self._method(*args, **kwargs)
-        finally:
-            sync()
-            self._timer.seconds += time.perf_counter() - start
-
-
-class _AttentionTimer:
-    """Wall time inside routed attention calls (synchronising CUDA around each one, so the number is
-    the attention's own time; the syncs add a little to the wall time)."""
-
-    def __init__(self, pipe: Any) -> None:
-        from .api import _sessions
-
-        self.seconds = 0.0
-        self._sessions = _sessions(pipe)
-        for session in self._sessions:
-            session.method = _TimedMethod(session.method, self)
-
-    def close(self) -> None:
-        for session in self._sessions:
-            if isinstance(session.method, _TimedMethod):
-                session.method = session.method._method
-
-
 def _peak_memory_bytes(device: str) -> int:
     if device == "cuda":
         return int(torch.cuda.max_memory_allocated())
@@ -204,7 +168,8 @@ def _to_frames(output: Any) -> torch.Tensor:
 
 def _run(
     pipe: Any, family: str, s: RenderSettings, resolved: dict, device: str
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, float, Any]:
+    """The frames, the wall time, and FreeSwim's report when its workflow ran (else None)."""
     generator = torch.Generator(device="cpu").manual_seed(s.seed)
     kwargs = dict(
         prompt=s.prompt,
@@ -219,18 +184,19 @@ def _run(
     if resolved["num_frames"] is not None:
         kwargs["num_frames"] = resolved["num_frames"]
     start = time.perf_counter()
+    report = None
     if s.method == "freeswim" and _above_base(s, resolved):
         from .pipelines import freeswim_generate
 
         config = _freeswim_config(s, pipe, family)
         kwargs.pop("num_frames", None)
         result = freeswim_generate(pipe, num_frames=resolved["num_frames"], config=config, **kwargs)
-        frames = torch.as_tensor(result.frames)
+        frames, report = torch.as_tensor(result.frames), result.report
     else:
         frames = _to_frames(pipe(**kwargs))
     if device == "cuda":
         torch.cuda.synchronize()
-    return frames, time.perf_counter() - start
+    return frames, time.perf_counter() - start, report
 
 
 def _above_base(s: RenderSettings, resolved: dict) -> bool:
@@ -247,13 +213,20 @@ DEMO_METHOD_OPTIONS = {
 }
 
 
+def method_name(requested: str) -> str:
+    """The registered method behind ``--method``: ``auto`` is ``window3d`` until a method of that
+    name is registered."""
+    return "window3d" if requested == "auto" and "auto" not in available_methods() else requested
+
+
 def method_options(method: str, family: str, s: RenderSettings) -> dict[str, Any]:
-    """The config overrides for ``method``: the user's, on top of the demo's where it applies."""
+    """The config overrides for ``method``: the user's, on top of the demo's where it applies (the
+    dense baseline of ``--compare-dense`` takes none of the user's)."""
     options: dict[str, Any] = {}
     if family == "demo":
         options.update(DEMO_METHOD_OPTIONS["*"])
         options.update(DEMO_METHOD_OPTIONS.get(method, {}))
-    if method == "dense":
+    if method == "dense" and s.method != "dense":
         return {k: v for k, v in options.items() if k == "block_size"}
     if method == "freeswim" and s.base_resolution is not None:
         options["base_resolution"] = s.base_resolution
@@ -268,14 +241,17 @@ def _freeswim_config(s: RenderSettings, pipe: Any, family: str) -> FreeSwimConfi
 def render(s: RenderSettings) -> dict:
     """Render per ``s``; returns the sidecar's contents (also written next to the output)."""
     from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
+    from .render_checks import check_output_format, check_settings
 
+    check_settings(s)  # everything that needs no model, before loading one
     device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RenderError("--device cuda but no CUDA device is available; use --device cpu")
     dtype = _dtype(s.dtype, device)
     pipe = load_pipeline(s.model, dtype)
     family = model_family(pipe)
     defaults = FAMILY_DEFAULTS[family]
+    check_output_format(s.output, video=defaults["num_frames"] is not None)
+    if defaults["num_frames"] is None and s.num_frames is not None:
+        raise RenderError(f"--num-frames: {family} renders images; leave --num-frames out")
     resolved = {
         "height": s.height or defaults["height"],
         "width": s.width or defaults["width"],
@@ -286,6 +262,9 @@ def render(s: RenderSettings) -> dict:
     multiple = pixels_per_token(pipe, family)
     check_size("height", resolved["height"], multiple)
     check_size("width", resolved["width"], multiple)
+    if s.base_resolution is not None:
+        check_size("base-resolution height", s.base_resolution[0], multiple)
+        check_size("base-resolution width", s.base_resolution[1], multiple)
     if s.method == "freeswim" and family not in ("Wan", "demo") and _above_base(s, resolved):
         raise RenderError(
             f"--method freeswim renders above the base resolution for Wan (and demo) only, not {family}"
@@ -299,16 +278,7 @@ def render(s: RenderSettings) -> dict:
                 f"no GPU: this render would take about {minutes:.0f} minutes on the CPU (estimate); use a "
                 "CUDA device, a smaller size or fewer steps, or pass --allow-slow to run anyway"
             )
-    if s.compile and s.offload == "sequential":
-        raise RenderError(
-            "--compile with --offload sequential: accelerate's per-module offload hooks are excluded from "
-            "torch.compile, a graph break around every layer; use --offload model with --compile"
-        )
     if s.offload:
-        if device != "cuda":
-            raise RenderError(
-                "--offload needs a CUDA device (it moves weights between the GPU and host memory)"
-            )
         pipe.enable_model_cpu_offload() if s.offload == "model" else pipe.enable_sequential_cpu_offload()
     else:
         pipe.to(device)
@@ -321,21 +291,21 @@ def render(s: RenderSettings) -> dict:
 
     def one(method: str) -> dict:
         freeswim_workflow = method == "freeswim" and _above_base(s, resolved)
+        name = method_name(method)
         if not freeswim_workflow:
-            name = method if method != "auto" else "window3d"
             enable_sparse_attention(pipe, resolve_config(name, **method_options(name, family, s)))
-        timer = _AttentionTimer(pipe)
+        timer = AttentionTimer(pipe, follow=freeswim_workflow)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
-            frames, seconds = _run(
+            frames, seconds, report = _run(
                 pipe,
                 family,
                 s if method != "dense" else dataclasses.replace(s, method="dense"),
                 resolved,
                 device,
             )
-            report = sparse_attention_report(pipe) if not freeswim_workflow else None
+            report = sparse_attention_report(pipe) if not freeswim_workflow else report
         except torch.OutOfMemoryError as error:
             raise RenderError(
                 f"out of memory at {resolved['height']}x{resolved['width']}: try --offload model (or "
@@ -346,10 +316,12 @@ def render(s: RenderSettings) -> dict:
             disable_sparse_attention(pipe)
         return dict(
             frames=frames,
+            method=report.method if report is not None else name,
+            method_config=_jsonable(report.config) if report is not None else None,
             wall_seconds=round(seconds, 3),
-            # The workflow enables FreeSwim on its own refinement pipeline: its attention is not timed.
-            attention_seconds=round(timer.seconds, 3) if not freeswim_workflow else None,
-            density=round(report.mean_density, 4) if report is not None else None,
+            # In FreeSwim's workflow: the refinement's attention (the draft's is the stock pipeline's).
+            attention_seconds=round(timer.seconds, 3),
+            density=report.mean_density if report is not None else None,
             peak_memory_bytes=_peak_memory_bytes(device),
         )
 
@@ -363,7 +335,7 @@ def render(s: RenderSettings) -> dict:
         prompt=s.prompt,
         negative_prompt=s.negative_prompt,
         seed=s.seed,
-        method=s.method,
+        method_requested=s.method,
         method_options=s.method_options,
         base_resolution=list(s.base_resolution) if s.base_resolution else None,
         device=device,
@@ -373,6 +345,11 @@ def render(s: RenderSettings) -> dict:
         **resolved,
         **{k: v for k, v in main.items() if k != "frames"},
     )
+    if s.method == "freeswim" and _above_base(s, resolved):
+        draft = s.base_resolution or (resolved["height"], resolved["width"])
+        sidecar["freeswim_workflow"] = dict(
+            draft_resolution=list(draft), refined_resolution=[resolved["height"], resolved["width"]]
+        )
     output = _save(main["frames"], s.output, defaults["fps"], family)
     sidecar["output"] = str(output)
     sidecar["frames_written"] = int(main["frames"].shape[1])
@@ -392,25 +369,27 @@ def render(s: RenderSettings) -> dict:
 
 
 def _save(frames: torch.Tensor, output: Path, fps: int | None, family: str) -> Path:
-    """mp4 for videos (imageio + ffmpeg), PNG for images; tiny demo frames are enlarged 8x (nearest)."""
+    """Batch item 0 in the format of ``output``'s extension; tiny demo frames enlarged 8x (nearest)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     video = frames[0]  # (F, H, W, C)
     if family == "demo":
         video = video.repeat_interleave(8, 1).repeat_interleave(8, 2)
-    pixels = (video.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    if fps is None:  # image models: one PNG (per batch item 0)
-        from PIL import Image
+    write_frames((video.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), output, fps)
+    return output
 
-        path = output.with_suffix(".png")
-        Image.fromarray(pixels[0]).save(path)
-        return path
-    import imageio.v2 as imageio
 
-    path = output.with_suffix(".mp4")
-    with imageio.get_writer(str(path), fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
-        for frame in pixels:
-            writer.append_data(frame)
-    return path
+def _jsonable(value: Any) -> Any:
+    """A config as JSON: dataclasses as dicts with their type's name, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"type": type(value).__name__, **fields}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _seconds(value: float | None) -> str:
@@ -419,12 +398,18 @@ def _seconds(value: float | None) -> str:
 
 def summary_lines(sidecar: dict) -> list[str]:
     gib = sidecar["peak_memory_bytes"] / 2**30
+    density = "n/a" if sidecar["density"] is None else f"{sidecar['density']:.4f}"
+    measured = f"attention {_seconds(sidecar['attention_seconds'])}, density {density}"
+    workflow = sidecar.get("freeswim_workflow")
+    if workflow is not None:
+        (draft_h, draft_w), (height, width) = workflow["draft_resolution"], workflow["refined_resolution"]
+        measured = (
+            f"FreeSwim: draft at {draft_h}x{draft_w} with stock attention, refined at {height}x{width} "
+            f"with {sidecar['method']}: {measured}"
+        )
     lines = [
         f"wrote {sidecar['output']} ({sidecar['frames_written']} frame(s)) and its .json sidecar",
-        f"wall {sidecar['wall_seconds']:.2f} s, attention "
-        f"{_seconds(sidecar['attention_seconds'])}, "
-        f"density {sidecar['density'] if sidecar['density'] is not None else 'n/a'}, "
-        f"peak memory {gib:.2f} GiB",
+        f"wall {sidecar['wall_seconds']:.2f} s, {measured}, peak memory {gib:.2f} GiB",
     ]
     if "dense" in sidecar:
         extra = ""

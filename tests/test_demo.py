@@ -89,7 +89,7 @@ def test_cli_renders_the_demo(tmp_path, method):
     assert (sidecar["density"] < 1) == (method != "dense")
 
 
-def test_cli_freeswim_workflow_on_the_demo(tmp_path):
+def test_cli_freeswim_workflow_on_the_demo(tmp_path, capsys):
     out = tmp_path / "big.mp4"
     args = [
         "render",
@@ -113,3 +113,12 @@ def test_cli_freeswim_workflow_on_the_demo(tmp_path):
     assert main(args) == 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert (sidecar["height"], sidecar["width"]) == (64, 64) and sidecar["frames_written"] == 9
+    # What the refinement's FreeSwim attention did is measured, not "n/a".
+    assert 0 < sidecar["density"] < 1 and sidecar["attention_seconds"] > 0
+    assert sidecar["method"] == "freeswim" and sidecar["method_config"]["base_resolution"] == [32, 32]
+    assert sidecar["freeswim_workflow"] == {"draft_resolution": [32, 32], "refined_resolution": [64, 64]}
+    summary = capsys.readouterr().out
+    assert (
+        "FreeSwim: draft at 32x32 with stock attention, refined at 64x64 with freeswim: attention" in summary
+    )
+    assert "n/a" not in summary

@@ -10,6 +10,7 @@ prompt encoder ship in the package. It follows the colour and shape of a prompt,
 from __future__ import annotations
 
 from .data import COLOURS, DIRECTIONS, SHAPES, make_video, parse_prompt
+from .model import check_vocabulary
 from .pipeline import DemoVideoPipeline, load_demo_pipeline
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DIRECTIONS",
     "SHAPES",
     "DemoVideoPipeline",
+    "check_vocabulary",
     "load_demo_pipeline",
     "make_video",
     "parse_prompt",

@@ -27,6 +27,25 @@ VOCABULARY = ("<pad>", "<unk>", "moving", *COLOURS, *SHAPES, *DIRECTIONS)
 MAX_WORDS = 6
 
 
+def prompt_words(prompt: str) -> list[str]:
+    """The words the prompt encoder reads: lower case, commas as spaces."""
+    return prompt.lower().replace(",", " ").split()
+
+
+def check_vocabulary(prompt: str) -> None:
+    """A ValueError listing the known words unless every word of ``prompt`` is one of them and
+    there are at most ``MAX_WORDS`` (the encoder reads other words as ``<unk>``, drops extra ones)."""
+    known = VOCABULARY[2:]
+    words = prompt_words(prompt)
+    unknown = [w for w in words if w not in known]
+    if unknown:
+        raise ValueError(
+            f"the demo model does not know {', '.join(map(repr, unknown))}; its words are {', '.join(known)}"
+        )
+    if len(words) > MAX_WORDS:
+        raise ValueError(f"the demo model reads at most {MAX_WORDS} words, got {len(words)} in {prompt!r}")
+
+
 def build_transformer() -> WanTransformer3DModel:
     return WanTransformer3DModel(**TRANSFORMER_CONFIG)
 
@@ -55,7 +74,7 @@ class DemoPromptEncoder(torch.nn.Module):
         index = {w: i for i, w in enumerate(VOCABULARY)}
         ids = torch.zeros(len(prompts), MAX_WORDS, dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            words = prompt.lower().replace(",", " ").split()[:MAX_WORDS]
+            words = prompt_words(prompt)[:MAX_WORDS]
             ids[row, : len(words)] = torch.tensor([index.get(w, 1) for w in words], dtype=torch.long)
         return ids
 

@@ -71,7 +71,10 @@ def _use_triton(q: torch.Tensor, layout: BlockLayout, scale: float | None, backe
     mod = _triton_module()
     if mod is None:
         if backend == "triton":
-            raise RuntimeError(f"backend='triton' but Triton failed to import: {_TRITON!r}")
+            raise RuntimeError(
+                f"backend='triton' but Triton failed to import: {_TRITON!r}; install it with "
+                "pip install 'dit-accel[triton]' (Linux CUDA builds of torch bring it), or use 'torch'"
+            )
         return False
     if backend == "triton":
         if not q.is_cuda and not mod.interpreter_active():

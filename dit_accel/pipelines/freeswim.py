@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from ..api import _sessions, disable_sparse_attention, enable_sparse_attention
+from ..api import _sessions, disable_sparse_attention, enable_sparse_attention, sparse_attention_report
 from ..methods.freeswim import FreeSwimConfig
+from ..report import SparseAttentionReport
 from ..sizes import check_frame_size, nearest_valid_size
 
 logger = logging.getLogger(__name__)
@@ -27,10 +28,12 @@ __all__ = ["FreeSwimResult", "freeswim_cache_bytes", "freeswim_generate", "neare
 
 @dataclass
 class FreeSwimResult:
-    """The refined video (``frames``, in ``output_type``) and stage A's (``draft``, B F C H W in [0, 1])."""
+    """The refined video (``frames``, in ``output_type``), stage A's (``draft``, B F C H W in [0, 1])
+    and what FreeSwim's attention did in the refinement (``report``)."""
 
     frames: Any
     draft: torch.Tensor
+    report: SparseAttentionReport | None = None
 
 
 def freeswim_cache_bytes(
@@ -161,9 +164,10 @@ def freeswim_generate(
         out = refine(
             video=resized, height=height, width=width, strength=strength, output_type=output_type, **common
         )
+        report = sparse_attention_report(refine)
     finally:
         disable_sparse_attention(refine)
-    return FreeSwimResult(out.frames, draft)
+    return FreeSwimResult(out.frames, draft, report)
 
 
 def _demo_workflow(
@@ -204,9 +208,10 @@ def _demo_workflow(
             output_type=output_type,
             **common,
         )
+        report = sparse_attention_report(pipe)
     finally:
         disable_sparse_attention(pipe)
-    return FreeSwimResult(frames, draft)
+    return FreeSwimResult(frames, draft, report)
 
 
 def _resize(draft: torch.Tensor, height: int, width: int) -> torch.Tensor:
