@@ -70,12 +70,13 @@ def reorder_seconds(method_name: str, grid, heads: int, dim: int, device: str, d
 def forward_seconds(pipe, method_name: str, repeats: int, device: str) -> float:
     from benchmarks.proxies.models import VIDEO_SIZE
 
-    transformer = pipe.transformer
+    transformer = pipe.transformer.to(device)
     latents = torch.randn(
-        1, 16, VIDEO_SIZE["num_frames"], VIDEO_SIZE["height"] // 4, VIDEO_SIZE["width"] // 4
+        1, 16, VIDEO_SIZE["num_frames"], VIDEO_SIZE["height"] // 4, VIDEO_SIZE["width"] // 4, device=device
     )
-    embeds = pipe.class_encoder(torch.tensor([0]))
-    timestep = torch.tensor([500.0])
+    with torch.no_grad():
+        embeds = pipe.class_encoder(torch.tensor([0])).to(device)
+    timestep = torch.tensor([500.0], device=device)
     dit_accel.enable_sparse_attention(transformer, method_name, **METHODS[method_name])
     try:
         with torch.no_grad():
@@ -91,11 +92,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--untrained", action="store_true", help="random proxy weights (timing does not depend on them)"
+    )
     args = parser.parse_args(argv)
-    from benchmarks.proxies.models import load_proxy
+    from benchmarks.proxies.models import build_proxy, load_proxy
     from benchmarks.quality import commit, machine
 
-    pipe = load_proxy("video")
+    pipe = build_proxy("video", seed=0) if args.untrained else load_proxy("video")
     layers = len(pipe.transformer.blocks)
     proxy_grid, big_grid = (8, 16, 32), (21, 30, 52)
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16

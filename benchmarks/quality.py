@@ -67,10 +67,11 @@ class Row:
 def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> list[Row]:
     """The settings to run for a video (Wan-like, 3D grid) or image (PixArt-like, one frame) model.
 
-    ``grid``: "methods" (every method at its default and over its knobs), "combinations" (every
-    planner with every correction) or "all". Knob values are chosen so that each method spans the
-    baselines' density range on the proxies' grids (32 blocks per sequence); the results file has
-    the realized densities. The baselines are in every grid.
+    ``grid``: "methods" (every method at its default, at its reference preset and over its
+    knobs, and ``auto`` over its budget), "combinations" (every planner with every correction),
+    "auto" (the policy over its budget and warm-up share) or "all". Knob values are chosen so
+    that each method spans the baselines' density range on the proxies' grids (32 blocks per
+    sequence); the results file has the realized densities. The baselines are in every grid.
     """
     densities = (0.25, 0.5) if quick else DENSITIES
     rows = [Row("dense", "dense", role="dense")]
@@ -83,20 +84,47 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
         rows += _method_rows(kind, quick, warmup)
     if grid in ("combinations", "all") and not quick:
         rows += _combination_rows(kind)
+    if grid in ("methods", "auto", "all"):
+        rows += _auto_rows(densities, sweep=grid != "methods" and not quick)
+    return rows
+
+
+def _auto_rows(densities: tuple[float, ...], sweep: bool) -> list[Row]:
+    """``auto`` at its balanced budget and at the baselines' densities, and (``sweep``) its
+    warm-up share swept. ``min_tokens=0``: the proxies are shorter than the CPU break-even, where
+    ``auto`` would stay dense; these rows measure the policy's quality, not its speed."""
+    always = {"min_tokens": 0}
+    rows = [Row("auto default", "auto", dict(always), "default")]
+    rows += [Row(f"auto density={d}", "auto", {"density": d, **always}, "auto") for d in densities]
+    if sweep:
+        rows += [
+            Row(f"auto density={d} warmup_share={w}", "auto", {"density": d, "warmup_share": w, **always})
+            for d in (0.25, 0.5)
+            for w in (0.0, 0.25, 0.75)
+        ]
     return rows
 
 
 def _method_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
-    rows = [
-        Row("window3d default", "window3d", {}, "default"),
-        Row("vmoba default", "vmoba", {}, "default"),
-        Row("rettention default", "rettention", {}, "default"),
-        Row("rectified default", "rectified", {}, "default"),
-    ]
+    rows = [Row(f"{m} default", m, {}, "default") for m in ("window3d", "vmoba", "rettention", "rectified")]
     if kind == "video":
         rows.append(Row("freeswim base=half", "freeswim", {"base_resolution": "half"}, "default"))
     if quick:
         return rows
+    reference = {"preset": "reference"}
+    rows += [
+        Row(f"{m} reference", m, dict(reference), "reference")
+        for m in ("window3d", "vmoba", "rettention", "rectified")
+    ]
+    if kind == "video":
+        rows.append(
+            Row(
+                "freeswim reference base=half",
+                "freeswim",
+                {"base_resolution": "half", **reference},
+                "reference",
+            )
+        )
     windows = _windows(kind)
     rows += [Row(f"window3d window={w}", "window3d", {"window": w}) for w in windows]
     rows += [
@@ -335,6 +363,8 @@ def _family(row: Row) -> str:
         return f"topk ({row.role})"
     if row.role == "combination":  # one marker set per correction, over the planners
         return "correction: " + row.label.split(" + ", 1)[1]
+    if row.role == "reference":
+        return "reference presets"
     label = row.label
     if "per_row" in label:
         label = "rectified per_row"
@@ -489,9 +519,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "--only", action="append", default=[], help="run rows whose label contains this (repeatable)"
     )
     parser.add_argument(
+        "--skip", action="append", default=[], help="leave out rows whose label contains this (repeatable)"
+    )
+    parser.add_argument(
         "--option", action="append", default=[], help="extra config field for every method row"
     )
-    parser.add_argument("--grid", choices=("methods", "combinations", "all"), default="methods")
+    parser.add_argument("--grid", choices=("methods", "combinations", "auto", "all"), default="methods")
     parser.add_argument("--untrained", action="store_true", help="the proxy with random weights (tests)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -508,7 +541,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows = [
         r
         for r in grid_rows(kind, args.quick, warmup, args.grid)
-        if r.role == "dense" or not args.only or any(o in r.label for o in args.only)
+        if r.role == "dense"
+        or (
+            (not args.only or any(o in r.label for o in args.only))
+            and not any(o in r.label for o in args.skip)
+        )
     ]
     extra = dict(map(_parse_option, args.option))
     seeds = list(range(args.seeds))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .api import disable_sparse_attention, enable_sparse_attention, sparse_attention_report
 from .config import SparseAttentionConfig, available_methods
+from .methods.auto import AutoConfig
 from .methods.corrections import RectifyCorrection, RettentionCorrection
 from .methods.dense import DenseConfig
 from .methods.freeswim import FreeSwimConfig
@@ -17,6 +18,8 @@ from .methods.rettention import RettentionConfig
 from .methods.topk import TopKConfig
 from .methods.vmoba import VMoBAConfig
 from .methods.window3d import Window3DConfig
+from .patches import UnsupportedModelError
+from .patches.backend import IntegrationError
 from .report import SparseAttentionReport
 from .versions import check_diffusers
 
@@ -28,8 +31,10 @@ if check_diffusers():
     install_pipeline_methods()
 
 __all__ = [
+    "AutoConfig",
     "DenseConfig",
     "FreeSwimConfig",
+    "IntegrationError",
     "RectifiedSpaAttnConfig",
     "RectifyCorrection",
     "RettentionConfig",
@@ -37,6 +42,7 @@ __all__ = [
     "SparseAttentionConfig",
     "SparseAttentionReport",
     "TopKConfig",
+    "UnsupportedModelError",
     "VMoBAConfig",
     "Window3DConfig",
     "available_methods",

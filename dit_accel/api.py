@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -57,18 +58,19 @@ def enable_sparse_attention(
     Args:
         pipe_or_transformer: a diffusers pipeline (its ``transformer`` and, for Wan 2.2 A14B,
             ``transformer_2`` are patched) or a transformer model.
-        method: a registered method name ("dense", "window3d", ...), "auto" (currently the
-            ``window3d`` defaults), or a config object.
+        method: a registered method name ("auto", "dense", "window3d", ...) or a config object.
+            "auto" (the default) is a policy with one budget knob, ``density``; see ``AutoConfig``.
         **overrides: config fields, e.g. ``block_size=64`` or ``window=(9, 24, 24)``.
 
     Enabling again replaces the previous method. Returns the (empty) report of the new session.
     """
     from .patches import Installation, adapter_for
 
-    config = resolve_config("window3d" if method == "auto" else method, **overrides)
+    config = resolve_config(method, **overrides)
     targets = _transformers(pipe_or_transformer)
     # The transformers of one pipeline are of one family: its defaults complete the config.
     config = adapter_for(targets[0][1]).resolve(config)
+    _check_against_models(config, targets)
     disable_sparse_attention(pipe_or_transformer)
     session = SparseSession(config)
     scheduler = getattr(pipe_or_transformer, "scheduler", None)
@@ -88,6 +90,25 @@ def enable_sparse_attention(
             _uninstall(module)
         raise
     return session.report()
+
+
+def _check_against_models(config: SparseAttentionConfig, targets: list[tuple[str, torch.nn.Module]]) -> None:
+    """What the config alone cannot know: layer indices that exist, a backend that can run."""
+    from .patches import adapter_for
+
+    for name, module in targets:
+        layers = len(adapter_for(module).routed_layers(module))
+        beyond = [i for i in config.dense_layers or () if i >= layers]
+        if beyond:
+            raise ValueError(
+                f"dense_layers {beyond}: {name} has {layers} routed self-attention layers (0-{layers - 1})"
+            )
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if config.kernel_backend == "triton" and not (torch.cuda.is_available() or interpreted):
+        raise ValueError(
+            "kernel_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1, the CPU interpreter); "
+            "use 'auto' or 'torch' on this machine"
+        )
 
 
 def _scheduled_steps(scheduler: Any) -> int | None:

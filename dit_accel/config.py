@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 KERNEL_BACKENDS = ("auto", "triton", "torch")
 CORRECTION_NAMES = ("default", "rectify", "rettention")
+PRESETS = ("default", "reference")
 
 
 def positive_int(value: object, name: str) -> int:
@@ -70,17 +71,40 @@ class SparseAttentionConfig:
             SpaAttn's rectification for ``rectified``, Re-ttention's for ``rettention``, none
             for the others), None (no correction), "rectify", "rettention", or a
             ``RectifyCorrection`` / ``RettentionCorrection`` with its options.
+        preset: "default" (dit-accel's defaults, each chosen with ``benchmarks/quality.py`` on
+            the trained proxies: ``benchmarks/results/quality_*.md``) or "reference" (every
+            field left at its default takes the value of the method's reference code, and the
+            family tables take the reference scripts' values: the paper's exact behaviour, which
+            the parity tests check).
     """
 
     method: ClassVar[str] = ""
+    #: The reference code's value of each field whose dit-accel default differs (per method).
+    REFERENCE: ClassVar[dict[str, Any]] = {}
+    #: Whether ``dense_steps=None`` stays None (the method derives it from its budget: ``auto``).
+    BUDGETED_STEPS: ClassVar[bool] = False
 
     block_size: int = 128
     dense_steps: int | None = None
     dense_layers: tuple[int, ...] | None = None
     kernel_backend: str = "auto"
     correction: str | CorrectionConfig | None = "default"
+    preset: str = "default"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SparseAttentionConfig:
+        # The fields given explicitly: the reference preset fills only the others.
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
+        return self
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.preset == "reference":
+            for name, value in self.REFERENCE.items():
+                if name not in self._given:
+                    object.__setattr__(self, name, value)
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
         steps = self.dense_steps
@@ -111,6 +135,10 @@ class SparseAttentionConfig:
             raise TypeError(
                 f"{type(self).__name__} has no option(s) {unknown}; valid options: {sorted(valid)}"
             )
+        if overrides.get("preset", self.preset) != self.preset:
+            # A new preset: rebuild from the fields given explicitly, the preset fills the rest.
+            given = {name: getattr(self, name) for name in self._given if name != "preset"}
+            return type(self)(**{**given, **overrides})
         return dataclasses.replace(self, **overrides)
 
 

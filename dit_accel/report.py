@@ -34,6 +34,8 @@ class SparseAttentionReport:
             fraction of query x key blocks computed; 1.0 for dense calls).
         state_bytes: memory held by the method across steps.
         fallbacks: layers that ran dense because their call could not be routed, with the reason.
+        dense_reasons: layers the method's policy kept dense (``auto`` below ``min_tokens``),
+            with the reason.
     """
 
     method: str
@@ -41,6 +43,7 @@ class SparseAttentionReport:
     records: list[dict] = field(default_factory=list)
     state_bytes: int = 0
     fallbacks: dict[str, str] = field(default_factory=dict)
+    dense_reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         densities = _as_floats([r["density"] for r in self.records])
@@ -76,4 +79,6 @@ class SparseAttentionReport:
             lines.append(f"| {name} | {counts[name]} | {density:.3f} |")
         for layer, reason in self.fallbacks.items():
             lines.append(f"dense fallback in {layer}: {reason}")
+        for layer, reason in self.dense_reasons.items():
+            lines.append(f"dense by policy in {layer}: {reason}")
         return "\n".join(lines)

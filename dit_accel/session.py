@@ -94,6 +94,7 @@ class SparseSession:
             records=self.records,
             state_bytes=self.method.state.nbytes(),
             fallbacks=dict(self.fallbacks),
+            dense_reasons=dict(self.method.dense_reasons),
         )
 
     def close(self) -> None:

@@ -2,13 +2,15 @@
 # The second prepared GPU call, after scripts/gpu_check.sh (whose ten minutes are spoken for):
 # torch.compile with every method on CUDA, then the end-to-end pipeline benchmark.
 #
-#   bash scripts/gpu_second_call.sh       # from the repository root; at most 200 s
+#   bash scripts/gpu_second_call.sh       # from the repository root; at most 260 s
 #
 # Sized to fit a 15-minute device budget after gpu_check.sh (590 s) and a machine start: the
 # compile check is capped at 90 s, the pipeline benchmark runs Wan 2.1 1.3B at 480p only (80 s of
 # timing). With more time, run benchmarks/bench_pipeline.py without --cases.
 #
-# Writes $OUT/compile_check.md, $OUT/pipeline_gpu.md and $OUT/second_call.log ($OUT defaults to a
+# Last, the per-call token-reordering share of a forward (benchmarks/bench_order.py, 60 s cap).
+#
+# Writes $OUT/compile_check.md, $OUT/pipeline_gpu.md, $OUT/order_gpu.md and $OUT/second_call.log ($OUT defaults to a
 # new temporary directory). Exit status: non-zero if the compile check failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +32,8 @@ STATUS=${PIPESTATUS[0]}
 echo "## pipeline benchmark (eager)" | tee -a "$OUT/second_call.log"
 PYTHONUNBUFFERED=1 timeout 100 python3 benchmarks/bench_pipeline.py --cases 480p --budget 80 --out "$OUT" 2>&1 \
   | grep "^|" | tee -a "$OUT/second_call.log" | tail -n 12
+
+echo "## token reordering per call vs a forward" | tee -a "$OUT/second_call.log"
+PYTHONUNBUFFERED=1 timeout 60 python3 benchmarks/bench_order.py --untrained --repeats 3 --out "$OUT" 2>&1 \
+  | grep "^|" | tee -a "$OUT/second_call.log"
 exit "$STATUS"

@@ -16,6 +16,7 @@ from dit_accel import (
     VMoBAConfig,
     Window3DConfig,
 )
+from dit_accel.config import resolve_config
 from dit_accel.context import AttentionContext, CallContext, LayerContext
 from dit_accel.methods import build_method
 from dit_accel.methods.corrections import rettention_phase
@@ -137,7 +138,7 @@ def test_rettention_on_a_static_window_follows_the_equations():
 def test_rectifieds_own_correction_is_its_reference_rectification():
     grid = (2, 8, 8)
     q, k, v = inputs(128, seed=4)
-    base = resolved(RectifiedSpaAttnConfig(block_size=16, sa_drop_rate=0.8), "Wan")
+    base = resolved(RectifiedSpaAttnConfig(block_size=16, sa_drop_rate=0.8, preset="reference"), "Wan")
     explicit = RectifyCorrection(mode="per_block", ipar=True, gapr=True, pooled_means="padded")
     outs = {}
     for name, correction in (("default", "default"), ("explicit", explicit), ("none", None)):
@@ -202,3 +203,20 @@ def test_family_defaults_fill_the_correction_too():
     assert isinstance(config.correction, RettentionCorrection)
     assert config.correction.warmup_fraction == pytest.approx(5 / 20)  # PixArt's reference warm-up
     assert config.dense_steps == 0 and config.dense_layers == ()
+
+
+def test_the_reference_preset_restores_the_papers_fields_and_family_tables():
+    ours = resolved(RectifiedSpaAttnConfig(), "Wan")
+    paper = resolved(RectifiedSpaAttnConfig(preset="reference"), "Wan")
+    assert (ours.rectify, ours.gapr, ours.pooled_means) == ("per_row", False, "valid")
+    assert (paper.rectify, paper.gapr, paper.pooled_means) == ("per_block", True, "padded")
+    assert (paper.dense_steps, paper.dense_layers, paper.first_frame) == (5, (0, 1), "curve")
+    # A field given explicitly wins over the preset, also when it equals our default.
+    assert RectifiedSpaAttnConfig(preset="reference", gapr=False).gapr is False
+    assert RectifiedSpaAttnConfig(preset="reference").replace(gapr=False).gapr is False
+    assert RectifiedSpaAttnConfig(preset="reference").replace(top_p=0.5).gapr is True
+    assert RectifiedSpaAttnConfig(top_p=0.5).replace(preset="reference").gapr is True
+    assert RectifiedSpaAttnConfig(gapr=False).replace(preset="reference").gapr is False
+    assert resolve_config("rectified", preset="reference", top_p=0.5).rectify == "per_block"
+    with pytest.raises(ValueError, match="preset must be one of"):
+        RectifiedSpaAttnConfig(preset="paper")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import tiny_pipelines as tp
 import torch
 
 import dit_accel
 from dit_accel import DenseConfig, Window3DConfig
 from dit_accel.config import resolve_config
+from dit_accel.methods import build_method
 from dit_accel.patches import UnsupportedModelError
 
 
@@ -16,8 +18,16 @@ def test_resolve_by_name_with_overrides():
         "window3d", block_size=64, window=[3, 8, 8], dense_steps=2, dense_layers=[3, 1, 1]
     )
     assert isinstance(config, Window3DConfig)
-    assert config.window == (3, 8, 8) and config.tile == (1, 8, 8)
+    assert config.window == (3, 8, 8) and config.tile is None
+    assert build_method(config).tile == (1, 8, 8)  # the default tile of the block size, at use
     assert config.dense_layers == (1, 3)
+
+
+def test_a_config_object_takes_overrides_that_change_what_its_defaults_depend_on():
+    pipe, _ = tp.build_wan21()
+    report = dit_accel.enable_sparse_attention(pipe, Window3DConfig(), block_size=16)
+    assert report.config.block_size == 16
+    dit_accel.disable_sparse_attention(pipe)
 
 
 def test_resolve_config_object_with_overrides_keeps_the_type():
@@ -44,7 +54,7 @@ def test_invalid_values_raise_with_the_field_name(kwargs, error, match):
 
 
 def test_unknown_method_lists_available_ones():
-    expected = "available: dense, freeswim, rectified, rettention, topk, vmoba, window3d"
+    expected = "available: auto, dense, freeswim, rectified, rettention, topk, vmoba, window3d"
     with pytest.raises(ValueError, match=expected):
         resolve_config("flashy")
 
@@ -125,3 +135,19 @@ def test_non_stock_processor_is_refused_and_nothing_stays_patched():
     assert [b.attn1.processor for b in blocks] == before
     assert not pipe.transformer._forward_pre_hooks
     assert not blocks[0].attn1._forward_pre_hooks
+
+
+def test_dense_layers_beyond_the_model_are_refused_at_enable():
+    pipe, _ = tp.build_wan21()
+    layers = len(pipe.transformer.blocks)
+    with pytest.raises(ValueError, match=f"has {layers} routed self-attention layers"):
+        dit_accel.enable_sparse_attention(pipe, "window3d", dense_layers=[99])
+    assert not hasattr(pipe.transformer, "_dit_accel_session")  # nothing left installed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_the_triton_backend_without_cuda_is_refused_at_enable(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    pipe, _ = tp.build_wan21()
+    with pytest.raises(ValueError, match="kernel_backend='triton' needs a CUDA device"):
+        dit_accel.enable_sparse_attention(pipe, "window3d", kernel_backend="triton")

@@ -538,6 +538,8 @@ def test_workflow_drafts_at_base_and_refines_at_twice_the_grid(monkeypatch):
         {s[0] for s in seen} == {(3, 10, 14)} and {s[1] for s in seen} == {0, 1} and all(s[2] for s in seen)
     )
     assert not dit_accel.api._sessions(pipe)  # the pipeline is left as it was
+    # The result says what the refinement's attention did, read before FreeSwim was disabled.
+    assert result.report.method == "freeswim" and {r["step"] for r in result.report.records} == {0, 1}
 
 
 def test_workflow_rejects_sizes_that_are_not_multiples_of_16():
@@ -581,3 +583,16 @@ def test_gpu_benchmark_script_runs_at_toy_size(tmp_path):
     assert [r.split("|")[2].strip() for r in rows] == ["spatial", "raster"]
     tile_density = [float(r.split("|")[7]) for r in rows]
     assert tile_density[0] < tile_density[1] < 1  # spatial-major visits fewer tiles than raster
+
+
+def test_at_its_base_resolution_freeswim_is_exactly_dense_unless_the_reference_preset():
+    pipe, call = tp.build_wan21()  # 160 x 224 px: a 10 x 14 token grid
+    stock = tp.run(pipe, call)
+    base = dict(base_resolution=(call["height"], call["width"]), block_size=16)
+    dit_accel.enable_sparse_attention(pipe, "freeswim", **base)
+    assert torch.equal(tp.run(pipe, call), stock)
+    assert dit_accel.sparse_attention_report(pipe).mean_density == 1.0
+    dit_accel.enable_sparse_attention(pipe, "freeswim", preset="reference", **base)
+    # The reference keeps its fixed scale and its twin branch at the base resolution.
+    assert not torch.allclose(tp.run(pipe, call), stock, atol=1e-4)
+    dit_accel.disable_sparse_attention(pipe)

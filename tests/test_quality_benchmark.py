@@ -79,6 +79,7 @@ def test_quick_mode_fills_every_column_and_writes_table_plot_and_sheet(tmp_path)
         "rettention",
         "rectified",
         "freeswim",
+        "auto",
     }
     for row in rows:
         for column in ("density", "psnr", "ssim", "latent_l2", "tf_error", "seconds"):

@@ -104,7 +104,7 @@ def test_window3d_equals_masked_dense_attention(text_position):
     g = torch.Generator()
     g.seed()
     grid, n_text = (3, 6, 7), (0 if text_position == "none" else 9)
-    config = Window3DConfig(block_size=16, tile=(1, 4, 4), window=(1, 5, 4))
+    config = Window3DConfig(block_size=16, tile=(1, 4, 4), window=(1, 5, 4), correction=None)
     method = Window3D(config)
     total = grid[0] * grid[1] * grid[2] + n_text
     q, k, v = (torch.randn(2, total, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))

@@ -4,7 +4,7 @@ registers the pair (``config.register_method``); importing this package register
 from __future__ import annotations
 
 from ..config import SparseAttentionConfig, method_class
-from . import dense, freeswim, rectified, rettention, topk, vmoba, window3d  # noqa: F401  (registration)
+from . import auto, dense, freeswim, rectified, rettention, topk, vmoba, window3d  # noqa: F401  (registration)
 from .base import GridCache, SparseMethod, StateStore
 
 

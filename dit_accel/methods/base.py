@@ -88,6 +88,8 @@ class SparseMethod:
         self.state = StateStore()
         self.cache = GridCache() if cache is None else cache
         self.corrector = build_corrector(self, config)
+        #: Layers a policy kept dense, with the reason (shown by the report).
+        self.dense_reasons: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -221,6 +223,7 @@ class SparseMethod:
     def reset(self) -> None:
         """Forget everything tied to one generation."""
         self.state.clear()
+        self.dense_reasons.clear()
 
     def close(self) -> None:
         """Free everything: per-generation state and per-grid caches."""

@@ -79,9 +79,14 @@ class FreeSwimConfig(SparseAttentionConfig):
             debugging).
         experimental: allow the window alone (no second branch) on HunyuanVideo, CogVideoX and
             PixArt: video queries attend the window plus every text key, text queries stay dense.
+        dense_at_base: where the window spans the whole token grid (at or below the base
+            resolution) run exactly the model's attention: no twin branch, the model's scale
+            (True). The reference (``preset="reference"``: False) keeps its twin branch and its
+            fixed ``sqrt(log 3120 / log 1560)`` scale there, which is meant only above the base.
     """
 
     method: ClassVar[str] = "freeswim"
+    REFERENCE: ClassVar[dict] = {"dense_at_base": False}
 
     base_resolution: tuple[int, int] = (480, 832)
     vae_scale_factor: int = 8
@@ -95,6 +100,7 @@ class FreeSwimConfig(SparseAttentionConfig):
     attention_scale: str | float = "reference"
     order: str = "spatial"
     experimental: bool = False
+    dense_at_base: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -169,6 +175,15 @@ class FreeSwim(SparseMethod):
         half_w = base_w // (cfg.vae_scale_factor * pw) // 2
         return 2 * half_h + 1, 2 * half_w + 1
 
+    def covers(self, call: CallContext) -> bool:
+        """Whether this call is at or below the base resolution (the window spans the grid) and
+        therefore runs exactly dense."""
+        rows, cols = self.window(call)
+        return self.config.dense_at_base and rows >= call.grid[1] and cols >= call.grid[2]
+
+    def phase(self, context: AttentionContext) -> tuple[str, int]:
+        return ("dense", 0) if self.covers(context.call) else super().phase(context)
+
     def dual_path(self) -> bool:
         """Whether the twin branch runs at all (``cross_attn_override``)."""
         return self.config.cross_attn_override
@@ -188,7 +203,7 @@ class FreeSwim(SparseMethod):
 
     def wants_dual(self, call: CallContext | None) -> bool:
         """Whether this transformer call runs the window and the full branch together."""
-        if call is None or not self.dual_path():
+        if call is None or not self.dual_path() or self.covers(call):
             return False
         if call.cfg_branch == "cond_uncond" and (self.config.cache or not self.overrides_uncond()):
             raise NotImplementedError(
@@ -240,6 +255,8 @@ class FreeSwim(SparseMethod):
     def cross_attention(self, q, k, v, scale, context: AttentionContext) -> torch.Tensor:
         """The override: the full items' cross-attention output for every item (spec 3.4, 3.5)."""
         call = context.call
+        if self.covers(call):
+            return dense_attention(q, k, v, scale=scale)
         key = (f"{call.transformer_name}.{context.layer.name}", call.cfg_branch)
         if TWIN_BRANCH.get():
             half = q.shape[0] // 2

@@ -51,18 +51,22 @@ class RectifiedSpaAttnConfig(SparseAttentionConfig):
         top_p: cumulative estimated mass a query block keeps at least (0.3, as the reference).
         ipar: scale each query block's sparse output by the estimated mass of its kept blocks
             (plus, with ``gapr``, of the dropped blocks GAPR does not trust). False: no scaling.
-        gapr: add ``sum(p x mean V)`` of the dropped blocks whose pooled logit passes the
-            gain-versus-pooling-error test. ``ipar=gapr=False`` is plain pooled top-p attention.
+        gapr: compensate only the dropped blocks whose pooled logit passes the gain-versus-
+            pooling-error test (True, the reference); False (default) compensates every dropped
+            block. ``ipar=gapr=False`` is plain pooled top-p attention.
         neighbours: always keep the blocks within one token (26-neighbourhood) of a query block.
-        pooled_means: "padded" (default, the reference: a partial last block is averaged over
-            ``block_size`` slots with zeros) or "valid" (over its real tokens; the fix).
+        pooled_means: "valid" (default: a partial last block is averaged over its real tokens) or
+            "padded" (the reference: over ``block_size`` slots with zeros).
         pooled_dtype: "float32" (default: stable selection) or "model" (the activations' dtype,
             as the reference's bf16 pooled math).
-        rectify: "per_block" (default, the reference): ``R x O_sparse + C`` with one R and C per
-            query block, from its mean query. "per_row" (spec section 4, not in the reference):
-            every row adds the compensated blocks' pooled values weighted by its own logits and
-            renormalises with the kernel's exact row sum; compensated = the dropped blocks GAPR
-            trusts (every dropped block with ``gapr=False``); ``ipar=gapr=False`` stays plain.
+        rectify: "per_row" (default; spec section 4, not in the reference): every row adds the
+            compensated blocks' pooled values weighted by its own logits and renormalises with
+            the kernel's exact row sum; compensated = the dropped blocks GAPR trusts (every
+            dropped block with ``gapr=False``); ``ipar=gapr=False`` stays plain. "per_block"
+            (the reference): ``R x O_sparse + C`` with one R and C per query block, from its
+            mean query. The defaults are the measured best (``benchmarks/results/quality_*.md``:
+            "rectified default" against "rectified reference"); ``preset="reference"`` restores
+            the reference's per-block IPAR + GAPR on padded means.
         first_frame: a square of blocks every query block of it keeps. "curve" (the reference,
             for Wan): the first ``n_blocks // frames`` blocks of the curve order, which are not
             exactly latent frame 0; "true_frame0": the blocks holding frame 0's tokens; "none".
@@ -76,15 +80,17 @@ class RectifiedSpaAttnConfig(SparseAttentionConfig):
     """
 
     method: ClassVar[str] = "rectified"
+    #: The reference's per-block IPAR + GAPR on zero-padded block means (``preset="reference"``).
+    REFERENCE: ClassVar[dict] = {"gapr": True, "pooled_means": "padded", "rectify": "per_block"}
 
     sa_drop_rate: float | None = None
     top_p: float = 0.3
     ipar: bool = True
-    gapr: bool = True
+    gapr: bool = False
     neighbours: bool = True
-    pooled_means: str = "padded"
+    pooled_means: str = "valid"
     pooled_dtype: str = "float32"
-    rectify: str = "per_block"
+    rectify: str = "per_row"
     first_frame: str | None = None
 
     def __post_init__(self) -> None:

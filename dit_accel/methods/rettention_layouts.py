@@ -217,7 +217,7 @@ def _window3d(
     device: torch.device,
 ) -> StaticSparseLayout:
     method = Window3D(Window3DConfig(block_size=block_size, window=window, tile=tile))
-    order = tile_order(grid, method.config.tile, device)
+    order = tile_order(grid, method.tile, device)
     layout = method.layout(grid, num_text, device)
     return StaticSparseLayout(order, layout, None, None, grid[0] * grid[1] * grid[2], num_text)
 

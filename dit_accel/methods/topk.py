@@ -60,8 +60,12 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 class TopK(SparseMethod):
     config_cls: ClassVar[type[TopKConfig]] = TopKConfig
 
-    def blocks_kept(self, n_blocks: int) -> int:
-        return max(1, min(n_blocks, round(self.config.density * n_blocks)))
+    def target_density(self, context) -> float:
+        """The fraction of key blocks to keep in this call."""
+        return self.config.density
+
+    def blocks_kept(self, n_blocks: int, density: float) -> int:
+        return max(1, min(n_blocks, round(density * n_blocks)))
 
     def tile(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
         return self.config.tile or fit_tile(checked_tile(None, self.config.block_size), grid)
@@ -71,12 +75,17 @@ class TopK(SparseMethod):
         tile = self.tile(grid)
         return self.cache.get(("tiles", grid, tile, device), lambda: tile_order(grid, tile, device))
 
-    def plan(self, x: Operands, context) -> Plan:
+    def block_scores(self, x: Operands, context) -> torch.Tensor:
+        """(B, H, n, n) float32: each query block's mean query against each key block's mean key."""
         bs = x.block_q
         q_mean = pool_blocks(x.q, bs, x.video_ok, "valid", torch.float32).mean
         k_mean = pool_blocks(x.k, bs, x.video_ok, "valid", torch.float32).mean
-        scores = q_mean @ k_mean.transpose(-1, -2)
-        video = top_k_mask(scores, self.blocks_kept(scores.shape[-1]))
+        return q_mean @ k_mean.transpose(-1, -2)
+
+    def plan(self, x: Operands, context) -> Plan:
+        bs = x.block_q
+        scores = self.block_scores(x, context)
+        video = top_k_mask(scores, self.blocks_kept(scores.shape[-1], self.target_density(context)))
         text = video.new_ones(*video.shape[:-1], num_blocks(x.num_text, bs))
         return Plan(BlockLayout.from_block_mask(torch.cat([video, text], dim=-1), bs, bs))
 

@@ -43,27 +43,33 @@ class ModelAdapter:
     family: ClassVar[str] = ""
     transformer_classes: ClassVar[tuple[str, ...]] = ()
     text_position: ClassVar[str] = "none"
-    #: Per method name, the values of config fields left at None (the family default). The key
-    #: "rettention" also fills ``RettentionCorrection.warmup_fraction`` when another method uses
-    #: Re-ttention's correction.
+    #: Per method name, the values of config fields left at None (the family default), as
+    #: measured (``benchmarks/results/quality_*.md``). The key "rettention" also fills
+    #: ``RettentionCorrection.warmup_fraction`` when another method uses Re-ttention's correction.
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The same under ``preset="reference"``: the reference scripts' values for this family.
+    reference_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def defaults(self, config: Any) -> dict[str, dict[str, Any]]:
+        return self.reference_defaults if config.preset == "reference" else self.method_defaults
 
     def resolve(self, config: Any) -> Any:
         """``config`` with every family default filled in: what the method will run."""
         from ..methods.corrections import CORRECTIONS, RettentionCorrection
 
-        table = self.method_defaults.get(config.method, {})
+        table = self.defaults(config).get(config.method, {})
         changes = {
             name: value
             for name, value in table.items()
             if hasattr(config, name) and getattr(config, name) is None
         }
-        changes.setdefault("dense_steps", 0 if config.dense_steps is None else config.dense_steps)
+        if config.dense_steps is None and not config.BUDGETED_STEPS:
+            changes.setdefault("dense_steps", 0)
         changes.setdefault("dense_layers", () if config.dense_layers is None else config.dense_layers)
         correction = config.correction
         if isinstance(correction, str) and correction in CORRECTIONS:
             correction = CORRECTIONS[correction]()
-        warmup = self.method_defaults.get("rettention", {}).get("warmup_fraction")
+        warmup = self.defaults(config).get("rettention", {}).get("warmup_fraction")
         if isinstance(correction, RettentionCorrection) and correction.warmup_fraction is None:
             correction = dataclasses.replace(correction, warmup_fraction=warmup)
         changes["correction"] = correction

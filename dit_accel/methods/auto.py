@@ -1,0 +1,166 @@
+"""``auto``: the policy behind ``enable_sparse_attention()``: one budget knob, every other choice
+made from measurements.
+
+Within a budget ``density`` (the target mean fraction of dense attention compute over steps,
+dense steps counting 1), ``auto`` keeps, for every query block, its 26 neighbour tiles plus the
+key blocks that score highest against its mean query (pooled top-k), so that exactly the budget's
+share of the blocks is computed, and rectifies the output per row (the dropped blocks' pooled
+contribution, renormalised with the kernel's exact row sum). A ``warmup_share`` of the budget can
+buy dense warm-up steps instead; the measured best share is 0. Each piece is the best measured
+on the trained proxies (``benchmarks/results/quality_*.md``: the "auto" rows against every
+method and both top-k baselines). Below ``min_tokens`` no sparse kernel beats the backend's
+dense attention, so every call stays exactly dense and the report says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..config import SparseAttentionConfig, register_method
+from ..context import AttentionContext
+from ..kernels import dense_attention
+from .corrections import RectifyCorrection
+from .order import checked_tile, tile_coordinates, tiles_per_axis
+from .topk import TopK
+
+#: The budget when none is given: the knee of the measured PSNR-vs-density curves of ``auto``
+#: on both proxies (``benchmarks/results/quality_*.md``).
+BALANCED_DENSITY = 0.35
+#: Share of the budget spent on dense warm-up steps. Measured on the image proxy at equal density
+#: (``benchmarks/results/quality_image_auto.md``): 0 beats 0.25 and 0.75 at budgets 0.25 and 0.5.
+WARMUP_SHARE = 0.0
+#: Sparse steps never go below this density (fewer kept blocks than this lose the picture).
+MIN_SPARSE_DENSITY = 0.05
+#: Sequence length below which the block-sparse path loses to dense attention, per backend:
+#: the Triton kernel against cuDNN SDPA on an H100 (``benchmarks/results/h100.md``: 0.79x at
+#: 15,600 tokens, 1.71x at 31,200) and the PyTorch path against SDPA's CPU kernel
+#: (``benchmarks/results/cpu.md``: 0.47 of dense time at 8,192 tokens and density 0.25).
+BREAK_EVEN_TOKENS = {"cuda": 20_000, "cpu": 8_192}
+
+
+@dataclass(frozen=True)
+class AutoConfig(SparseAttentionConfig):
+    """The ``auto`` policy.
+
+    Attributes:
+        density: target mean fraction of dense attention compute over the denoising steps
+            (about 1 / attention speed-up), in (0, 1]. None = ``BALANCED_DENSITY``.
+        min_tokens: sequences with fewer video tokens stay exactly dense. None = the measured
+            break-even of the backend in use (``BREAK_EVEN_TOKENS``: 20,000 on CUDA with the
+            Triton kernel, 8,192 on the CPU's PyTorch path). 0 = always sparse.
+        warmup_share: share of the budget spent on dense warm-up steps (the rest on top-k
+            blocks on the other steps). None = ``WARMUP_SHARE``.
+        tile: block shape in tokens, as for ``topk``.
+        dense_steps: None (default) = from the budget (``warmup_share``); a number fixes them.
+        dense_layers: layers that always stay dense (none by default; not counted in the budget).
+        correction: "default" = per-row rectification (``RectifyCorrection()``).
+    """
+
+    method: ClassVar[str] = "auto"
+    BUDGETED_STEPS: ClassVar[bool] = True
+
+    density: float | None = None
+    min_tokens: int | None = None
+    warmup_share: float | None = None
+    tile: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        d = self.density
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1):
+            raise ValueError(f"density must be None or lie in (0, 1], got {d!r}")
+        m = self.min_tokens
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise ValueError(f"min_tokens must be None or a non-negative integer, got {m!r}")
+        w = self.warmup_share
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < 1):
+            raise ValueError(f"warmup_share must be None or lie in [0, 1), got {w!r}")
+        if self.tile is not None:
+            object.__setattr__(self, "tile", checked_tile(self.tile, self.block_size))
+        else:
+            checked_tile(None, self.block_size)
+
+
+def schedule(
+    density: float, steps: int | None, warmup_share: float, dense_steps: int | None
+) -> tuple[int, float]:
+    """(dense warm-up steps, density of the sparse steps) that spend ``density`` over ``steps``.
+
+    Warm-up takes ``warmup_share`` of the budget (whole steps, rounded down) unless the caller
+    fixed ``dense_steps``; the sparse steps get the rest, at least ``MIN_SPARSE_DENSITY``.
+    Without a step count (a pipeline that does not say) every step is sparse at ``density``.
+    """
+    if not steps:
+        return (dense_steps or 0), density
+    warm = dense_steps if dense_steps is not None else math.floor(warmup_share * density * steps + 1e-9)
+    warm = min(warm, steps)
+    if warm >= steps:
+        return steps, 1.0
+    sparse = (density * steps - warm) / (steps - warm)
+    return warm, min(1.0, max(MIN_SPARSE_DENSITY, sparse))
+
+
+def neighbour_tiles(tiles: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """bool (n, n) over tiles in tile order: within one tile of each other along every axis."""
+    coords = tile_coordinates(tiles, device)
+    return (coords[:, None, :] - coords[None, :, :]).abs().amax(dim=-1) <= 1
+
+
+class Auto(TopK):
+    config_cls: ClassVar[type[AutoConfig]] = AutoConfig
+
+    def own_correction(self) -> RectifyCorrection:
+        return RectifyCorrection()
+
+    def budget(self) -> float:
+        return BALANCED_DENSITY if self.config.density is None else self.config.density
+
+    def min_tokens(self, device: torch.device) -> int:
+        if self.config.min_tokens is not None:
+            return self.config.min_tokens
+        return BREAK_EVEN_TOKENS["cuda" if device.type == "cuda" else "cpu"]
+
+    def _schedule(self, context: AttentionContext) -> tuple[int, float]:
+        share = WARMUP_SHARE if self.config.warmup_share is None else self.config.warmup_share
+        return schedule(self.budget(), context.call.num_inference_steps, share, self.config.dense_steps)
+
+    def target_density(self, context: AttentionContext) -> float:
+        return self._schedule(context)[1]
+
+    def block_scores(self, x, context) -> torch.Tensor:
+        """Top-k scores with every query tile's 26 neighbour tiles (and itself) ranked first: the
+        kept blocks always include the local neighbourhood, the rest of the budget goes to the
+        best-scoring far blocks. Measured: +4.8 dB at +0.06 density over plain top-k with
+        per-row rectification on the image proxy (``benchmarks/results/quality_image_all.md``)."""
+        scores = super().block_scores(x, context)
+        grid = context.call.grid
+        tiles = tiles_per_axis(grid, self.tile(grid))
+        near = self.cache.get(
+            ("neighbour_tiles", tiles, x.q.device), lambda: neighbour_tiles(tiles, x.q.device)
+        )
+        return scores.masked_fill(near, math.inf)
+
+    def phase(self, context: AttentionContext) -> tuple[str, int]:
+        if context.call.step_index < self._schedule(context)[0] or context.layer.index in (
+            self.config.dense_layers or ()
+        ):
+            return "dense", 0
+        return "sparse", 0
+
+    def attend(self, q, k, v, *, scale, key_padding_mask, context):
+        n, limit = context.call.num_video_tokens, self.min_tokens(q.device)
+        if n < limit:  # exactly the model's attention
+            self.dense_reasons.setdefault(
+                context.layer.name,
+                f"{n} video tokens < min_tokens={limit} (below it the block-sparse {q.device.type} "
+                "path loses to dense attention)",
+            )
+            return dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask), 1.0
+        return super().attend(q, k, v, scale=scale, key_padding_mask=key_padding_mask, context=context)
+
+
+register_method(AutoConfig, Auto)

@@ -1,0 +1,106 @@
+"""``auto``: the budget is spent as promised, short sequences stay exactly dense, bad knobs refused."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tiny_pipelines as tp
+import torch
+
+import dit_accel
+from dit_accel import AutoConfig
+from dit_accel.methods.auto import MIN_SPARSE_DENSITY, schedule
+from dit_accel.methods.order import tiles_per_axis
+
+
+@pytest.mark.parametrize("density", [0.1, 0.25, 0.35, 0.5, 0.9])
+@pytest.mark.parametrize("steps", [4, 20, 50])
+def test_schedule_spends_exactly_the_budget(density, steps):
+    warm, sparse = schedule(density, steps, 0.5, None)
+    assert warm == int(0.5 * density * steps + 1e-9)
+    if sparse > MIN_SPARSE_DENSITY:
+        assert (warm + (steps - warm) * sparse) / steps == pytest.approx(density)
+    assert MIN_SPARSE_DENSITY <= sparse <= 1.0
+
+
+def test_schedule_keeps_a_caller_fixed_warmup_and_handles_unknown_step_counts():
+    assert schedule(0.5, 10, 0.5, 0) == (0, 0.5)
+    assert schedule(0.5, 10, 0.5, 4) == (4, pytest.approx(1 / 6))
+    assert schedule(0.3, None, 0.5, None) == (0, 0.3)
+    assert schedule(0.3, 4, 0.5, 9) == (4, 1.0)  # more dense steps than steps: all dense
+
+
+def test_auto_is_the_default_method_and_leaves_short_sequences_exactly_dense():
+    pipe, call = tp.build_wan21()  # 420 video tokens, far below any break-even
+    stock = tp.run(pipe, call)
+    report = dit_accel.enable_sparse_attention(pipe)
+    assert isinstance(report.config, AutoConfig)
+    assert torch.equal(tp.run(pipe, call), stock)
+    report = dit_accel.sparse_attention_report(pipe)
+    assert report.mean_density == 1.0
+    reason = next(iter(report.dense_reasons.values()))
+    assert "420 video tokens < min_tokens=8192" in reason
+    assert "dense by policy" in str(report)
+    dit_accel.disable_sparse_attention(pipe)
+
+
+def test_auto_above_min_tokens_realizes_its_budget_with_warmup_steps_dense():
+    pipe, call = tp.build_wan21()
+    call = {**call, "num_inference_steps": 8}
+    dit_accel.enable_sparse_attention(
+        pipe, "auto", density=0.5, min_tokens=0, warmup_share=0.5, block_size=16
+    )
+    out = tp.run(pipe, call)
+    report = dit_accel.sparse_attention_report(pipe)
+    assert torch.isfinite(out).all()
+    warm, sparse = schedule(0.5, 8, 0.5, None)
+    assert warm == 2
+    by_step: dict[int, list[float]] = {}
+    for r in report.records:
+        by_step.setdefault(r["step"], []).append(r["density"])
+    assert all(d == 1.0 for s in range(warm) for d in by_step[s])
+    later = [d for s in range(warm, 8) for d in by_step[s]]
+    n_blocks = -(-420 // 16)  # tiles of 16 tokens cover the grid in at least this many blocks
+    assert max(abs(d - sparse) for d in later) <= 1 / n_blocks + 1e-6
+    assert report.mean_density == pytest.approx(0.5, abs=1 / n_blocks)
+    assert report.dense_reasons == {}
+    dit_accel.disable_sparse_attention(pipe)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(density=0), "density must be None or lie in (0, 1]"),
+        (dict(density=1.5), "density must be None or lie in (0, 1]"),
+        (dict(min_tokens=-1), "min_tokens must be None or a non-negative integer"),
+        (dict(warmup_share=1.0), "warmup_share must be None or lie in [0, 1)"),
+    ],
+)
+def test_bad_budgets_are_refused_with_the_range(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AutoConfig(**options)
+
+
+def test_every_query_block_keeps_its_neighbour_tiles_within_the_budget():
+    from dit_accel.context import AttentionContext, CallContext, LayerContext
+    from dit_accel.methods.auto import neighbour_tiles
+    from dit_accel.methods.order import tile_coordinates
+
+    grid = (2, 8, 8)  # 8 tiles of 16 tokens
+    method = dit_accel.methods.build_method(AutoConfig(block_size=16, density=0.5, min_tokens=0))
+    call = CallContext(grid, "none", 5, 10, "cond", "transformer")
+    context = AttentionContext(call, LayerContext("blocks.0.attn1", 0))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 128, 2, 8, generator=g) for _ in range(3))
+    x, _, _ = method.prepare(q, k, v, 8**-0.5, None, context)
+    mask = method.plan(x, context).layout.to_block_mask()[0, :, :, :8]
+    tiles = tiles_per_axis(grid, method.tile(grid))
+    near = neighbour_tiles(tiles, "cpu")
+    assert mask.sum(-1).eq(4).all()  # exactly half of the 8 blocks, as budgeted
+    coords = tile_coordinates(tiles)
+    expected = (coords[:, None] - coords[None]).abs().amax(-1) <= 1
+    assert torch.equal(near, expected)
+    # Where the neighbourhood fits in the budget, every neighbour is kept.
+    fits = near.sum(-1) <= 4
+    assert (mask[:, fits] >= near[fits]).all()
