@@ -322,6 +322,8 @@ def render(s: RenderSettings) -> dict:
             # In FreeSwim's workflow: the refinement's attention (the draft's is the stock pipeline's).
             attention_seconds=round(timer.seconds, 3),
             density=report.mean_density if report is not None else None,
+            # Why layers stayed dense by policy (auto below its break-even): one reason per layer.
+            dense_reasons=sorted(set(report.dense_reasons.values())) if report is not None else [],
             peak_memory_bytes=_peak_memory_bytes(device),
         )
 
@@ -411,6 +413,7 @@ def summary_lines(sidecar: dict) -> list[str]:
         f"wrote {sidecar['output']} ({sidecar['frames_written']} frame(s)) and its .json sidecar",
         f"wall {sidecar['wall_seconds']:.2f} s, {measured}, peak memory {gib:.2f} GiB",
     ]
+    lines += [f"dense by policy: {reason}" for reason in sidecar.get("dense_reasons", [])]
     if "dense" in sidecar:
         extra = ""
         if "psnr_db_vs_dense" in sidecar:

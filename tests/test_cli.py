@@ -461,6 +461,12 @@ def test_demo_render_to_gif_writes_that_gif_and_records_the_session_config(tmp_p
     assert sidecar["method_config"]["type"] == type(report.config).__name__
     assert sidecar["method_config"]["block_size"] == report.config.block_size == 32  # the demo's blocks
     assert sidecar["density"] == report.mean_density and sidecar["output"] == str(out)
+    # 576 tokens: auto stays exactly dense, and says why in the sidecar and the summary.
+    assert report.method == "auto" and report.mean_density == 1.0
+    assert sidecar["dense_reasons"] == [
+        "576 video tokens < min_tokens=8192 (below it the block-sparse cpu path loses to dense attention)"
+    ]
+    assert "dense by policy: 576 video tokens < min_tokens=8192" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ bench
