@@ -22,6 +22,7 @@ default), plus the rows as JSON.
     python benchmarks/quality.py --proxy video            # full grid (about an hour on 2 CPU cores)
     python benchmarks/quality.py --proxy image --quick    # a small grid, a few minutes
     python benchmarks/quality.py --model PATH --prompt "..." --steps 20   # a local diffusers pipeline
+    python benchmarks/quality.py --summary benchmarks/results/quality_*.json  # the README's table
 """
 
 from __future__ import annotations
@@ -496,6 +497,24 @@ def resolve_row(row: Row, call: dict, block_size: int | None, kind: str) -> None
         row.options.setdefault("vae_scale_factor", 4)
 
 
+def summary(paths: list[Path]) -> str:
+    """The README's table: every default, reference preset and ``auto`` row of the given result
+    files (``quality_<name>.json``), with density, PSNR and the gains over both baselines."""
+    lines = [
+        "| proxy | setting | density | PSNR dB | vs top-k (a) dB | vs top-k +warm-up (b) dB |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for path in paths:
+        name = path.stem.removeprefix("quality_")
+        for r in json.loads(path.read_text()):
+            if r["role"] in ("default", "reference", "auto") and r.get("density") == r.get("density"):
+                lines.append(
+                    f"| {name} | {r['label']} | {_fmt(r['density'], 3)} | {_fmt(r['psnr'], 2)} "
+                    f"| {_fmt(r.get('gain_a'), 2, True)} | {_fmt(r.get('gain_b'), 2, True)} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
@@ -528,7 +547,16 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--untrained", action="store_true", help="the proxy with random weights (tests)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--summary",
+        nargs="+",
+        type=Path,
+        help="print the README table of these result JSON files, run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.summary), end="")
+        return []
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = args.steps or (8 if args.quick else 20)

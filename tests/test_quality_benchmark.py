@@ -93,6 +93,10 @@ def test_quick_mode_fills_every_column_and_writes_table_plot_and_sheet(tmp_path)
     table = (stem.with_suffix(".md")).read_text()
     assert "| topk d=0.25 | baseline a |" in table and "Commit:" in table and "Machine:" in table
     assert len(json.loads(stem.with_suffix(".json").read_text())) == len(rows)
+    readme = quality.summary([stem.with_suffix(".json")]).splitlines()
+    defaults = [r for r in rows if r.role == "default"]
+    assert len(readme) == 2 + len(defaults) + sum(r.role == "auto" for r in rows)
+    assert any(line.startswith("| video_untrained_quick | auto default |") for line in readme)
     for png in (stem.with_suffix(".png"), tmp_path / "quality_video_untrained_quick_sheet.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
