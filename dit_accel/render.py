@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .attention_timer import AttentionTimer
-from .config import available_methods, resolve_config
+from .config import resolve_config
 from .methods.freeswim import FreeSwimConfig
 from .output_file import write_frames
 from .sizes import check_frame_size
@@ -213,12 +213,6 @@ DEMO_METHOD_OPTIONS = {
 }
 
 
-def method_name(requested: str) -> str:
-    """The registered method behind ``--method``: ``auto`` is ``window3d`` until a method of that
-    name is registered."""
-    return "window3d" if requested == "auto" and "auto" not in available_methods() else requested
-
-
 def method_options(method: str, family: str, s: RenderSettings) -> dict[str, Any]:
     """The config overrides for ``method``: the user's, on top of the demo's where it applies (the
     dense baseline of ``--compare-dense`` takes none of the user's)."""
@@ -291,7 +285,7 @@ def render(s: RenderSettings) -> dict:
 
     def one(method: str) -> dict:
         freeswim_workflow = method == "freeswim" and _above_base(s, resolved)
-        name = method_name(method)
+        name = method
         if not freeswim_workflow:
             enable_sparse_attention(pipe, resolve_config(name, **method_options(name, family, s)))
         timer = AttentionTimer(pipe, follow=freeswim_workflow)

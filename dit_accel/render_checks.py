@@ -16,7 +16,7 @@ import torch
 
 from .config import resolve_config
 from .output_file import format_problem
-from .render import RenderError, RenderSettings, check_size, method_name
+from .render import RenderError, RenderSettings, check_size
 
 
 def check_settings(s: RenderSettings) -> None:
@@ -57,7 +57,7 @@ def _check_base_resolution(s: RenderSettings) -> None:
 def _check_method_options(s: RenderSettings) -> None:
     """Build the method's config from the user's options: its validation names the field."""
     options = dict(s.method_options)
-    name = method_name(s.method)
+    name = s.method
     if name == "freeswim" and s.base_resolution is not None:
         options["base_resolution"] = s.base_resolution
     try:
