@@ -82,10 +82,13 @@ class TopK(SparseMethod):
         k_mean = pool_blocks(x.k, bs, x.video_ok, "valid", torch.float32).mean
         return q_mean @ k_mean.transpose(-1, -2)
 
+    def video_blocks(self, scores: torch.Tensor, context) -> torch.Tensor:
+        """bool like ``scores``: the kept video key blocks of every query block."""
+        return top_k_mask(scores, self.blocks_kept(scores.shape[-1], self.target_density(context)))
+
     def plan(self, x: Operands, context) -> Plan:
         bs = x.block_q
-        scores = self.block_scores(x, context)
-        video = top_k_mask(scores, self.blocks_kept(scores.shape[-1], self.target_density(context)))
+        video = self.video_blocks(self.block_scores(x, context), context)
         text = video.new_ones(*video.shape[:-1], num_blocks(x.num_text, bs))
         return Plan(BlockLayout.from_block_mask(torch.cat([video, text], dim=-1), bs, bs))
 
