@@ -29,11 +29,13 @@ from .curve_order import block_neighbours, curve_order
 from .order import TokenOrder
 from .topk import TopK, top_k_mask
 
-#: The budget when none is given: the knee of the measured PSNR-vs-density curves of ``auto``
-#: on both proxies (``benchmarks/results/quality_*.md``).
+#: The budget when none is given: the knee of ``auto``'s measured PSNR-vs-density curve on the
+#: image proxy (``benchmarks/results/quality_image_auto.md``): below 0.35 each 0.1 of density buys
+#: about 3.4 dB, above it 2.4 dB.
 BALANCED_DENSITY = 0.35
 #: Share of the budget spent on dense warm-up steps. Measured on the image proxy at equal density
-#: (``benchmarks/results/quality_image_auto.md``): 0 beats 0.25 and 0.75 at budgets 0.25 and 0.5.
+#: (``benchmarks/results/quality_image_auto.md``): 0 beats 0.25 and 0.75 at budget 0.25 and ties
+#: 0.25 at 0.5.
 WARMUP_SHARE = 0.0
 #: Sparse steps never go below this density (fewer kept blocks than this lose the picture).
 MIN_SPARSE_DENSITY = 0.05
