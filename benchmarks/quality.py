@@ -20,7 +20,7 @@ and teacher-forced error vs density) and ``quality_<name>_sheet.png`` (dense vs 
 default), plus the rows as JSON.
 
     python benchmarks/quality.py --proxy video            # full grid (about an hour on 2 CPU cores)
-    python benchmarks/quality.py --proxy image --quick    # a small grid, a few minutes
+    python benchmarks/quality.py --quick                  # a small grid, under 5 minutes (video proxy)
     python benchmarks/quality.py --model PATH --prompt "..." --steps 20   # a local diffusers pipeline
     python benchmarks/quality.py --summary benchmarks/results/quality_*.json  # the README's table
 """
@@ -86,16 +86,18 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
     if grid in ("combinations", "all") and not quick:
         rows += _combination_rows(kind)
     if grid in ("methods", "auto", "all"):
-        rows += _auto_rows(densities, sweep=grid != "methods" and not quick)
+        rows += _auto_rows(densities, quick, sweep=grid != "methods")
     return rows
 
 
-def _auto_rows(densities: tuple[float, ...], sweep: bool) -> list[Row]:
+def _auto_rows(densities: tuple[float, ...], quick: bool, sweep: bool) -> list[Row]:
     """``auto`` at its balanced budget and at the baselines' densities, and (``sweep``) its
     warm-up share swept. ``min_tokens=0``: the proxies are shorter than the CPU break-even, where
     ``auto`` would stay dense; these rows measure the policy's quality, not its speed."""
     always = {"min_tokens": 0}
     rows = [Row("auto default", "auto", dict(always), "default")]
+    if quick:
+        return rows
     rows += [Row(f"auto density={d}", "auto", {"density": d, **always}, "auto") for d in densities]
     if sweep:
         rows += [
@@ -522,9 +524,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     source.add_argument("--model", help="path of a local diffusers pipeline (no download)")
     parser.add_argument("--prompt", default="", help="prompt for --model")
     parser.add_argument(
-        "--quick", action="store_true", help="a small grid (defaults and density 0.25 only), fewer steps"
+        "--quick", action="store_true", help="a small grid (defaults, auto; baselines 0.25, 0.5), 6 steps"
     )
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (20; 8 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (20; 6 with --quick)")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument(
         "--warmup", type=int, default=None, help=f"dense steps of baseline (b) ({WARMUP}; 2 with --quick)"
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         return []
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = args.steps or (8 if args.quick else 20)
+    steps = args.steps or (6 if args.quick else 20)
     args.steps = steps
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else WARMUP)
     started = dict(date=datetime.date.today().isoformat(), commit=commit(), machine=machine())
