@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     args = parser.parse_args(argv)
     from benchmarks.proxies.models import build_proxy, load_proxy
-    from benchmarks.quality import commit, machine
+    from benchmarks.timing import commit, machine
 
     pipe = build_proxy("video", seed=0) if args.untrained else load_proxy("video")
     layers = len(pipe.transformer.blocks)

@@ -32,8 +32,6 @@ import ast
 import datetime
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dit_accel  # noqa: E402
+from benchmarks.timing import commit, machine  # noqa: E402
 from dit_accel.quality import psnr, relative_l2, ssim  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -294,36 +293,6 @@ def add_gains(rows: list[Row]) -> None:
 
 
 # --- output ------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return (
-        f"{cpu}, {threads} thread(s), torch {torch.__version__}, CPU"
-        if not torch.cuda.is_available()
-        else (f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    )
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
 
 
 def _fmt(value: float | None, digits: int, signed: bool = False) -> str:

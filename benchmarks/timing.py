@@ -44,6 +44,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, {cpu}, torch {torch.__version__}"
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
@@ -59,4 +61,10 @@ def commit(checkout: Path = HERE) -> str:
         )
     except OSError:
         return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+    sha = result.stdout.strip()
+    if result.returncode != 0 or not sha:
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout, capture_output=True, text=True
+    ).stdout.strip()
+    return sha + (" (with uncommitted changes)" if dirty else "")
