@@ -102,6 +102,12 @@ def schedule(
     return warm, min(1.0, max(MIN_SPARSE_DENSITY, sparse))
 
 
+def _near(grid: tuple[int, int, int], block_size: int, device: torch.device) -> tuple[torch.Tensor, float]:
+    """The touching-blocks mask of a grid and its mean count per row (read once per grid)."""
+    near = block_neighbours(grid, block_size, device)
+    return near, float(near.sum(-1, dtype=torch.float32).mean())
+
+
 class Auto(TopK):
     config_cls: ClassVar[type[AutoConfig]] = AutoConfig
 
@@ -135,23 +141,23 @@ class Auto(TopK):
         and the others more, as Rectified SpaAttn's floor-plus-neighbours selection does.
         Measured on the image proxy at equal density, with per-row rectification: this beats
         putting the neighbours first in a fixed per-row budget (``quality_image.md``), and curve
-        blocks beat ``topk``'s tiles by 0.7-1.4 dB. No host synchronisation: ``m`` is a tensor."""
+        blocks beat ``topk``'s tiles by 0.7-1.4 dB. No host synchronisation per call: ``m`` is a
+        tensor; the neighbourhood's size is read once per grid."""
         grid, n, bs = context.call.grid, scores.shape[-1], self.config.block_size
-        near = self.cache.get(
-            ("curve_neighbours", grid, bs, scores.device), lambda: block_neighbours(grid, bs, scores.device)
+        near, near_blocks = self.cache.get(
+            ("curve_neighbours", grid, bs, scores.device), lambda: _near(grid, bs, scores.device)
         )
-        target = self.target_density(context) * n
+        density = self.target_density(context)
+        k = self.blocks_kept(n, density)
+        if near_blocks > density * n:
+            # Budgets below the neighbourhood's own share: the neighbours first, exactly k per row.
+            return top_k_mask(scores.masked_fill(near, math.inf), k)
         rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)
-        m = torch.tensor(float(self.blocks_kept(n, self.target_density(context))), device=scores.device)
+        m = torch.tensor(float(k), device=scores.device)
         for _ in range(3):  # the overlap with the neighbours shrinks as m does: a few fixed-point steps
             kept = (rank < m) | near
-            m = (m - (kept.sum(-1, dtype=torch.float32).mean() - target).round()).clamp(0, n)
-        adaptive = (rank < m) | near
-        # Budgets below the neighbourhood's own share: the neighbours first, exactly k per row.
-        k = self.blocks_kept(n, self.target_density(context))
-        fixed = top_k_mask(scores.masked_fill(near, math.inf), k)
-        fits = near.sum(-1, dtype=torch.float32).mean() <= target
-        return torch.where(fits, adaptive, fixed)
+            m = (m - (kept.sum(-1, dtype=torch.float32).mean() - density * n).round()).clamp(0, n)
+        return (rank < m) | near
 
     def phase(self, context: AttentionContext) -> tuple[str, int]:
         if context.call.step_index < self._schedule(context)[0] or context.layer.index in (
