@@ -41,8 +41,9 @@ WARMUP_SHARE = 0.0
 MIN_SPARSE_DENSITY = 0.05
 #: Sequence length below which the block-sparse path loses to dense attention, per backend:
 #: the Triton kernel against cuDNN SDPA on an H100 (``benchmarks/results/h100.md``: 0.79x at
-#: 15,600 tokens, 1.71x at 31,200) and the PyTorch path against SDPA's CPU kernel
-#: (``benchmarks/results/cpu.md``: 0.47 of dense time at 8,192 tokens and density 0.25).
+#: 15,600 tokens, 1.71x at 31,200; 20,000 is interpolated) and the PyTorch path against SDPA's CPU
+#: kernel (``benchmarks/results/cpu.md``: 0.47 of dense time at 8,192 tokens and density 0.25, the
+#: shortest length measured there).
 BREAK_EVEN_TOKENS = {"cuda": 20_000, "cpu": 8_192}
 
 
