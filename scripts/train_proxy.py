@@ -10,7 +10,14 @@ elapsed time) is written every ``--checkpoint-minutes`` and on exit; running the
 again resumes from it. At the end the EMA weights are written as fp16 safetensors with the codec,
 plus a JSON record (steps, wall time, loss curve, held-out loss).
 
+``--init WEIGHTS`` continues training from earlier fp16 weights (a session's end loses the
+optimiser's checkpoint, not the shipped weights): the run trains on the final phase's grids only,
+warms the learning rate up again, and its record adds the earlier run's steps and minutes, so the
+wall time reported is the total.
+
     nohup python scripts/train_proxy.py video --minutes 120 --threads 1 > video.log &
+    nohup python scripts/train_proxy.py video --init benchmarks/proxies/weights/video.safetensors \
+        --minutes 40 --threads 2 --lr 2e-4 > video.log &
     python scripts/train_proxy.py image --minutes 1 --out /tmp/proxy   # a smoke run
 """
 
@@ -31,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.proxies.flow import held_out_loss, training_loss  # noqa: E402
-from benchmarks.proxies.models import WEIGHTS, build_proxy  # noqa: E402
+from benchmarks.proxies.models import WEIGHTS, build_proxy, load_proxy  # noqa: E402
 
 #: (token grid, batch) per phase; the video proxy's small grids cost 1/8 to 1/2 of the full one.
 CURRICULUM = {
@@ -60,11 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: OUT/checkpoints/NAME.pt")
+    parser.add_argument("--init", type=Path, default=None, help="continue from these fp16 weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     checkpoint = args.checkpoint or args.out / "checkpoints" / f"{args.name}.pt"
 
-    pipe = build_proxy(args.name, seed=0)
+    earlier = {}
+    if args.init is not None:
+        pipe = load_proxy(args.name, args.init)
+        record_path = args.init.with_suffix(".json")
+        earlier = json.loads(record_path.read_text()) if record_path.exists() else {}
+    else:
+        pipe = build_proxy(args.name, seed=0)
     modules = torch.nn.ModuleDict(
         {"transformer": pipe.transformer, "class_encoder": pipe.class_encoder}
     ).train()
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        grid, batch = grid_for(args.name, progress, step)
+        grid, batch = grid_for(args.name, 1.0 if args.init is not None else progress, step)
         loss = training_loss(pipe, args.name, batch, generator, grid)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,16 +161,28 @@ def main(argv: list[str] | None = None) -> int:
     losses = state["losses"]
     record = dict(
         name=args.name,
-        steps=state["step"],
-        minutes=round(state["elapsed"] / 60, 1),
+        steps=state["step"] + earlier.get("steps", 0),
+        minutes=round(state["elapsed"] / 60 + earlier.get("minutes", 0.0), 1),
         threads=args.threads,
         lr=args.lr,
         curriculum=CURRICULUM[args.name],
         held_out_loss=round(held_out_loss(pipe, args.name, FULL_GRID[args.name], batches=1), 4),
-        loss_every_100=[
-            round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)
-        ],
+        loss_every_100=earlier.get("loss_every_100", [])
+        + [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)],
     )
+    if earlier:
+        record["runs"] = earlier.get(
+            "runs", [dict((k, earlier[k]) for k in ("steps", "minutes", "threads", "lr"))]
+        )
+        record["runs"].append(
+            dict(
+                steps=state["step"],
+                minutes=round(state["elapsed"] / 60, 1),
+                threads=args.threads,
+                lr=args.lr,
+                init=str(args.init),
+            )
+        )
     (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"saved {args.out / (args.name + '.safetensors')} after {state['step']} steps", flush=True)
     return 0
