@@ -16,18 +16,40 @@ from dit_accel.methods.auto import MIN_SPARSE_DENSITY, schedule
 @pytest.mark.parametrize("density", [0.1, 0.25, 0.35, 0.5, 0.9])
 @pytest.mark.parametrize("steps", [4, 20, 50])
 def test_schedule_spends_exactly_the_budget(density, steps):
-    warm, sparse = schedule(density, steps, 0.5, None)
-    assert warm == int(0.5 * density * steps + 1e-9)
+    warm, every, sparse = schedule(density, steps, 0.5, None)
+    assert warm == int(0.5 * density * steps + 1e-9) and every == 0
     if sparse > MIN_SPARSE_DENSITY:
         assert (warm + (steps - warm) * sparse) / steps == pytest.approx(density)
     assert MIN_SPARSE_DENSITY <= sparse <= 1.0
 
 
+@pytest.mark.parametrize(("density", "refresh_every"), [(0.35, 5), (0.5, 5), (0.25, 10), (0.6, 3)])
+def test_schedule_pays_the_refresh_steps_from_the_budget(density, refresh_every):
+    steps = 20
+    warm, every, sparse = schedule(density, steps, 0.0, None, refresh_every)
+    refreshes = len(range(warm, steps, every))
+    assert warm == 0 and every == refresh_every  # the budget pays the most frequent refreshes
+    assert (refreshes + (steps - refreshes) * sparse) / steps == pytest.approx(density)
+    # unknown step count: the refreshes' share is 1 / refresh_every
+    _, _, blind = schedule(density, None, 0.0, None, refresh_every)
+    assert 1 / refresh_every + (1 - 1 / refresh_every) * blind == pytest.approx(density)
+
+
+def test_a_small_budget_buys_fewer_refreshes_not_more_compute():
+    # every 5 steps would cost 4 / 20 = 0.2 > 0.125: the interval grows until the budget pays it
+    warm, every, sparse = schedule(0.125, 20, 0.0, None, 5)
+    refreshes = len(range(0, 20, every))
+    assert every > 5 and refreshes + MIN_SPARSE_DENSITY * (20 - refreshes) <= 0.125 * 20
+    assert (refreshes + (20 - refreshes) * sparse) / 20 == pytest.approx(0.125)
+    assert schedule(0.125, 20, 0.0, None, 2)[1] == every  # a shorter interval asked for: the same
+    assert schedule(0.01, 20, 0.0, None, 5)[1:] == (20, MIN_SPARSE_DENSITY)  # one refresh at least
+
+
 def test_schedule_keeps_a_caller_fixed_warmup_and_handles_unknown_step_counts():
-    assert schedule(0.5, 10, 0.5, 0) == (0, 0.5)
-    assert schedule(0.5, 10, 0.5, 4) == (4, pytest.approx(1 / 6))
-    assert schedule(0.3, None, 0.5, None) == (0, 0.3)
-    assert schedule(0.3, 4, 0.5, 9) == (4, 1.0)  # more dense steps than steps: all dense
+    assert schedule(0.5, 10, 0.5, 0) == (0, 0, 0.5)
+    assert schedule(0.5, 10, 0.5, 4) == (4, 0, pytest.approx(1 / 6))
+    assert schedule(0.3, None, 0.5, None) == (0, 0, 0.3)
+    assert schedule(0.3, 4, 0.5, 9) == (4, 0, 1.0)  # more dense steps than steps: all dense
 
 
 def test_auto_is_the_default_method_and_leaves_short_sequences_exactly_dense():
@@ -44,27 +66,60 @@ def test_auto_is_the_default_method_and_leaves_short_sequences_exactly_dense():
     dit_accel.disable_sparse_attention(pipe)
 
 
-def test_auto_above_min_tokens_realizes_its_budget_with_warmup_steps_dense():
-    pipe, call = tp.build_wan21()
-    call = {**call, "num_inference_steps": 8}
+def test_auto_on_a_video_grid_spends_its_budget_on_warmup_refreshes_and_sparse_steps():
+    pipe, call = tp.build_wan21()  # a (3, 10, 14) grid: the video regime
+    call = {**call, "num_inference_steps": 12}
     dit_accel.enable_sparse_attention(
-        pipe, "auto", density=0.5, min_tokens=0, warmup_share=0.5, block_size=16
+        pipe, "auto", density=0.5, min_tokens=0, warmup_share=0.25, block_size=16
     )
     out = tp.run(pipe, call)
     report = dit_accel.sparse_attention_report(pipe)
     assert torch.isfinite(out).all()
-    warm, sparse = schedule(0.5, 8, 0.5, None)
-    assert warm == 2
+    warm, every, sparse = schedule(0.5, 12, 0.25, None, 5)
+    assert (warm, every) == (1, 5)
+    dense_steps = {0, 1, 6, 11}  # the warm-up, then a refresh every 5 steps
     by_step: dict[int, list[float]] = {}
     for r in report.records:
         by_step.setdefault(r["step"], []).append(r["density"])
-    assert all(d == 1.0 for s in range(warm) for d in by_step[s])
-    later = [d for s in range(warm, 8) for d in by_step[s]]
+    assert all(d == 1.0 for s in dense_steps for d in by_step[s])
+    later = [d for s in range(12) if s not in dense_steps for d in by_step[s]]
     n_blocks = -(-420 // 16)  # tiles of 16 tokens cover the grid in at least this many blocks
     assert max(abs(d - sparse) for d in later) <= 1 / n_blocks + 1e-6
     assert report.mean_density == pytest.approx(0.5, abs=1 / n_blocks)
     assert report.dense_reasons == {}
     dit_accel.disable_sparse_attention(pipe)
+
+
+def test_auto_picks_the_measured_regime_per_grid():
+    from dit_accel.context import AttentionContext, CallContext, LayerContext
+    from dit_accel.methods.corrections import Rectify, Rettention
+    from dit_accel.methods.topk import TopKConfig
+
+    method = dit_accel.methods.build_method(AutoConfig(block_size=16, density=0.25, min_tokens=0))
+    topk = dit_accel.methods.build_method(TopKConfig(block_size=16, density=0.25))
+    g = torch.Generator().manual_seed(0)
+    for grid, corrector in (((4, 8, 8), Rettention), ((1, 16, 16), Rectify)):
+        call = CallContext(grid, "none", 5, 10, "cond", "transformer")
+        context = AttentionContext(call, LayerContext("blocks.0.attn1", 0))
+        assert isinstance(method.corrector_for(context), corrector)
+        q, k, v = (torch.randn(1, 256, 2, 8, generator=g) for _ in range(3))
+        x, _, _ = method.prepare(q, k, v, 8**-0.5, None, context)
+        mask = method.plan(x, context).layout.to_block_mask()
+        if grid[0] > 1:  # video: topk's tiles and plain top-k at the sparse steps' density
+            assert torch.equal(
+                method.order(context, q.device).to_slots(q), topk.order(context, q.device).to_slots(q)
+            )
+            k_sparse = topk.blocks_kept(16, method.target_density(context))
+            assert mask.sum(-1).eq(k_sparse).all() and method.target_density(context) < 0.25
+        else:  # one frame: curve blocks
+            from dit_accel.methods.curve_order import curve_order
+
+            assert torch.equal(method.order(context, q.device).to_slots(q), curve_order(grid).to_slots(q))
+            assert not torch.equal(curve_order(grid).to_slots(q), topk.order(context, q.device).to_slots(q))
+    explicit = dit_accel.methods.build_method(AutoConfig(block_size=16, min_tokens=0, correction="rectify"))
+    assert isinstance(explicit.corrector_for(context), Rectify)
+    call = CallContext((4, 8, 8), "none", 5, 10, "cond", "transformer")
+    assert isinstance(explicit.corrector_for(AttentionContext(call, LayerContext("b", 0))), Rectify)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +153,7 @@ def _plan(grid, density, block=16, seed=0):
 def test_the_touching_blocks_are_always_kept_and_the_mean_share_is_the_budget(density):
     from dit_accel.methods.curve_order import block_neighbours
 
-    grid = (4, 16, 16)  # 1,024 tokens: 64 curve blocks of 16
+    grid = (1, 32, 32)  # 1,024 tokens, one frame: 64 curve blocks of 16
     mask = _plan(grid, density)
     near = block_neighbours(grid, 16)
     assert (mask >= near).all()
@@ -109,7 +164,7 @@ def test_the_touching_blocks_are_always_kept_and_the_mean_share_is_the_budget(de
 def test_below_the_neighbourhoods_share_the_neighbours_come_first_in_exactly_the_budget():
     from dit_accel.methods.curve_order import block_neighbours
 
-    grid = (2, 8, 8)  # 8 blocks, each touching about 5 of them: more than a budget of 4
+    grid = (1, 8, 16)  # one frame, 8 blocks, each touching about 5 of them: more than a budget of 4
     mask = _plan(grid, 0.5)[..., :8]
     near = block_neighbours(grid, 16)
     assert near.sum(-1).float().mean() > 4

@@ -124,9 +124,14 @@ class SparseMethod:
             cfg.dense_layers or ()
         ):
             return "dense", 0
-        if self.corrector is not None:
-            return self.corrector.phase(context)
+        corrector = self.corrector_for(context)
+        if corrector is not None:
+            return corrector.phase(context)
         return "sparse", 0
+
+    def corrector_for(self, context: AttentionContext):
+        """The corrector of this call (one per method; ``auto`` picks one per grid)."""
+        return self.corrector
 
     def keeps_dense(self, context: AttentionContext) -> bool:
         return self.phase(context)[0] == "dense"
@@ -173,10 +178,11 @@ class SparseMethod:
         scale = self.scale(scale, q)
         x, order, split = self.prepare(q, k, v, scale, key_padding_mask, context)
         plan = self.plan(x, context)
-        if self.corrector is None:
+        corrector = self.corrector_for(context)
+        if corrector is None:
             result = Corrected(run_kernel(x, plan, self.config.kernel_backend), plan.layout.density())
         else:
-            result = self.corrector.correct(x, plan, context, kind, since)
+            result = corrector.correct(x, plan, context, kind, since)
         text_out = None
         if split.num_text:
             text_out = dense_attention(q[:, split.text], k, v, scale=scale, key_padding_mask=key_padding_mask)
