@@ -85,14 +85,16 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
     if grid in ("combinations", "all") and not quick:
         rows += _combination_rows(kind)
     if grid in ("methods", "auto", "all"):
-        rows += _auto_rows(densities, quick, sweep=grid != "methods")
+        rows += _auto_rows(kind, densities, quick, sweep=grid != "methods")
     return rows
 
 
-def _auto_rows(densities: tuple[float, ...], quick: bool, sweep: bool) -> list[Row]:
+def _auto_rows(kind: str, densities: tuple[float, ...], quick: bool, sweep: bool) -> list[Row]:
     """``auto`` at its balanced budget and at the baselines' densities, and (``sweep``) its
-    warm-up share swept. ``min_tokens=0``: the proxies are shorter than the CPU break-even, where
-    ``auto`` would stay dense; these rows measure the policy's quality, not its speed."""
+    warm-up share swept and the other grid kind's correction in place of its own (video grids
+    default to Re-ttention's residual, one-frame grids to per-row rectification).
+    ``min_tokens=0``: the proxies are shorter than the CPU break-even, where ``auto`` would stay
+    dense; these rows measure the policy's quality, not its speed."""
     always = {"min_tokens": 0}
     rows = [Row("auto default", "auto", dict(always), "default")]
     if quick:
@@ -103,6 +105,11 @@ def _auto_rows(densities: tuple[float, ...], quick: bool, sweep: bool) -> list[R
             Row(f"auto density={d} warmup_share={w}", "auto", {"density": d, "warmup_share": w, **always})
             for d in (0.25, 0.5)
             for w in (0.0, 0.25, 0.75)
+        ]
+        other = "rectify" if kind == "video" else "rettention"
+        rows += [
+            Row(f"auto density={d} correction={other}", "auto", {"density": d, "correction": other, **always})
+            for d in (0.25, 0.35, 0.5)
         ]
     return rows
 
