@@ -120,6 +120,22 @@ def test_state_can_live_on_the_cpu_in_low_precision():
     assert state["rho"].dtype == torch.float32
 
 
+def test_auto_state_device_leaves_a_quarter_of_the_gpu_free(monkeypatch):
+    from dit_accel.methods.corrections import state_device
+
+    gib = 2**30
+    free = {"now": 30 * gib}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["now"], 80 * gib))
+    cuda = torch.device("cuda", 0)
+    assert state_device("auto", cuda, 9 * gib) == cuda  # 21 GiB left >= 20
+    assert state_device("auto", cuda, 11 * gib).type == "cpu"  # 19 GiB left < 20
+    free["now"] = 70 * gib
+    assert state_device("auto", cuda, 11 * gib) == cuda
+    assert state_device("same", cuda, 79 * gib) == cuda
+    assert state_device("cpu", cuda, 1).type == "cpu"
+    assert state_device("auto", torch.device("cpu"), 100 * gib).type == "cpu"  # never queries a GPU
+
+
 @pytest.mark.parametrize("name", ["pixart_alpha", "pixart_sigma", "cogvideox", "wan21", "hunyuan_video"])
 def test_tiny_pipelines_run_sparse_reset_and_restore(name):
     pipe, kwargs = tp.BUILDERS[name]()

@@ -61,8 +61,10 @@ class RettentionConfig(SparseAttentionConfig):
             warm-up is a refresh, then every ``refresh_every``-th.
         state_dtype: dtype of the cached residual: None (the activations' dtype), "float32",
             "bfloat16" or "float16". rho is always float32.
-        state_device: "same" keeps the state next to the activations; "cpu" holds it in host
-            memory (for CogVideoX-2B the reference's state is about 4.1 GB).
+        state_device: "auto" (default) keeps the state next to the activations unless that would
+            leave less than a quarter of the GPU's memory free, then in host memory; "same" always
+            next to the activations; "cpu" always in host memory (for CogVideoX-2B the state is
+            about 4.1 GB, for a 14B Wan at 720p about 60 GB in bf16).
         correction: "default" = Re-ttention's correction with the fields above (they are
             ``RettentionCorrection``'s); another choice (e.g. "rectify" or None) replaces it on
             the same static mask.
@@ -81,7 +83,7 @@ class RettentionConfig(SparseAttentionConfig):
     warmup_fraction: float | None = None
     refresh_every: int = 5
     state_dtype: str | None = None
-    state_device: str = "same"
+    state_device: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
