@@ -149,14 +149,6 @@ def _band_static(
     return StaticSparseLayout(token_order, layout, mask, kv_partial.contiguous(), length, num_text)
 
 
-def _band(
-    num_tokens: int, sparsity: float, num_text: int, block_q: int, block_k: int, device: torch.device
-) -> StaticSparseLayout:
-    half = int(num_tokens * sparsity) // 2
-    coord = torch.arange(num_tokens, device=device)
-    return _band_static(None, coord, half, num_text, block_q, block_k)
-
-
 def band_layout(
     num_tokens: int,
     sparsity: float,
@@ -170,24 +162,8 @@ def band_layout(
     Truncated at the sequence ends (no inward shift), as in the reference. N = 4096 at sparsity
     0.03125 gives w = 128 and 129 keys per interior row.
     """
-    return _band(num_tokens, float(sparsity), num_text, block_q, block_k, torch.device(device))
-
-
-def _frame_window(
-    grid: tuple[int, int, int],
-    sparsity: float,
-    num_text: int,
-    block_q: int,
-    block_k: int,
-    device: torch.device,
-) -> StaticSparseLayout:
-    frames, rows, cols = grid
-    per_frame = rows * cols
-    half = int(per_frame * sparsity) // 2
-    slot = torch.arange(frames * per_frame, device=device)
-    index = slot // frames  # in-frame index i of slot p = i * F + f
-    order = (slot % frames) * per_frame + index  # frame-major token t = f * P + i
-    return _band_static(order, index, half, num_text, block_q, block_k)
+    coord = torch.arange(num_tokens, device=torch.device(device))
+    return _band_static(None, coord, int(num_tokens * float(sparsity)) // 2, num_text, block_q, block_k)
 
 
 def frame_window_layout(
@@ -204,22 +180,12 @@ def frame_window_layout(
     sparsity)``), truncated at frame borders. Video tokens are reordered in-frame-index-major
     (slot ``p = i * F + f``), where the rule is the band ``|p_q // F - p_k // F| <= half``.
     """
-    grid = tuple(int(g) for g in grid)
-    return _frame_window(grid, float(sparsity), num_text, block_q, block_k, torch.device(device))
-
-
-def _window3d(
-    grid: tuple[int, int, int],
-    window: tuple[int, int, int],
-    tile: tuple[int, int, int] | None,
-    block_size: int,
-    num_text: int,
-    device: torch.device,
-) -> StaticSparseLayout:
-    method = Window3D(Window3DConfig(block_size=block_size, window=window, tile=tile))
-    order = tile_order(grid, method.tile, device)
-    layout = method.layout(grid, num_text, device)
-    return StaticSparseLayout(order, layout, None, None, grid[0] * grid[1] * grid[2], num_text)
+    frames, rows, cols = (int(g) for g in grid)
+    per_frame = rows * cols
+    slot = torch.arange(frames * per_frame, device=torch.device(device))
+    index = slot // frames  # in-frame index i of slot p = i * F + f
+    order = (slot % frames) * per_frame + index  # frame-major token t = f * P + i
+    return _band_static(order, index, int(per_frame * float(sparsity)) // 2, num_text, block_q, block_k)
 
 
 def window3d_layout(
@@ -235,6 +201,9 @@ def window3d_layout(
     ``tile=None`` takes ``Window3DConfig``'s default tile for ``block_size``. Padding slots of
     border tiles are plain keys to the layout: pass ``key_valid()`` as the key padding mask.
     """
+    grid, device = tuple(int(x) for x in grid), torch.device(device)
     tile = None if tile is None else tuple(int(x) for x in tile)
-    args = (tuple(int(x) for x in grid), tuple(int(x) for x in window), tile)
-    return _window3d(*args, block_size, num_text, torch.device(device))
+    method = Window3D(Window3DConfig(block_size=block_size, window=tuple(int(x) for x in window), tile=tile))
+    order = tile_order(grid, method.tile, device)
+    layout = method.layout(grid, num_text, device)
+    return StaticSparseLayout(order, layout, None, None, grid[0] * grid[1] * grid[2], num_text)
