@@ -67,10 +67,12 @@ class SparseAttentionConfig:
             None takes the family's default for the method (none for most).
         kernel_backend: "auto" (Triton on CUDA when available, PyTorch otherwise), "triton" or
             "torch".
-        correction: what corrects the sparse output: "default" (the method's own: Rectified
-            SpaAttn's rectification for ``rectified``, Re-ttention's for ``rettention``, none
-            for the others), None (no correction), "rectify", "rettention", or a
-            ``RectifyCorrection`` / ``RettentionCorrection`` with its options.
+        correction: what corrects the sparse output: "default" (the method's measured best:
+            per-row rectification for ``rectified``, ``window3d`` and ``vmoba``'s fast mode,
+            Re-ttention's for ``rettention``, per grid for ``auto`` (Re-ttention's on video,
+            per-row rectification on images), none for ``topk`` and ``dense``; under
+            ``preset="reference"`` each method's own), None (no correction), "rectify",
+            "rettention", or a ``RectifyCorrection`` / ``RettentionCorrection`` with its options.
         preset: "default" (dit-accel's defaults, each chosen with ``benchmarks/quality.py`` on
             the trained proxies: ``benchmarks/results/quality_*.md``) or "reference" (every
             field left at its default takes the value of the method's reference code, and the
