@@ -55,7 +55,8 @@ MIN_SPARSE_DENSITY = 0.05
 BREAK_EVEN_TOKENS = {"cuda": 20_000, "cpu": 8_192}
 #: The correction of video grids: Re-ttention's residual, its refreshes paid from the budget and
 #: its warm-up the budget's (``warmup_share``). Measured on the video proxy
-#: (``benchmarks/results/quality_video_auto.md``).
+#: (``benchmarks/results/quality_video.md``, the "auto" rows; the refresh-interval exploration
+#: behind it is summarised in ``schedule``'s docstring).
 VIDEO_CORRECTION = RettentionCorrection(warmup_fraction=0.0)
 
 
