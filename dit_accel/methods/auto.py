@@ -55,8 +55,7 @@ MIN_SPARSE_DENSITY = 0.05
 BREAK_EVEN_TOKENS = {"cuda": 20_000, "cpu": 8_192}
 #: The correction of video grids: Re-ttention's residual, its refreshes paid from the budget and
 #: its warm-up the budget's (``warmup_share``). Measured on the video proxy
-#: (``benchmarks/results/quality_video.md``, the "auto" rows; the refresh-interval exploration
-#: behind it is summarised in ``schedule``'s docstring).
+#: (``benchmarks/results/auto_video_exploration.md``, then the "auto" rows of ``quality_video.md``).
 VIDEO_CORRECTION = RettentionCorrection(warmup_fraction=0.0)
 
 
@@ -115,8 +114,9 @@ def schedule(
     fixed ``dense_steps``. A corrector that needs dense refresh steps asks for one every
     ``refresh_every`` steps at most: the first step after the warm-up and every interval after
     it refresh, at the shortest interval the budget can pay with sparse steps at
-    ``MIN_SPARSE_DENSITY`` (measured on the video proxy: refreshes every 5 steps with 2 of 32
-    blocks beat every 10 steps with 5 of 32 by about 3 dB at density 0.25). The sparse steps get
+    ``MIN_SPARSE_DENSITY`` (measured on the video proxy, ``benchmarks/results/
+    auto_video_exploration.md``: refreshes every 5 steps with 2 of 32 blocks beat every 10 steps
+    with 5 of 32 by about 3 dB at density 0.25). The sparse steps get
     the rest, at least ``MIN_SPARSE_DENSITY``. Without a step count (a pipeline that does not say)
     there is no warm-up unless fixed and the refreshes' share is 1 / ``refresh_every``.
     """
