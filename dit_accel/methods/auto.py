@@ -23,7 +23,7 @@ says why.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -97,7 +97,7 @@ class AutoConfig(SparseAttentionConfig):
         w = self.warmup_share
         if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < 1):
             raise ValueError(f"warmup_share must be None or lie in [0, 1), got {w!r}")
-        checked_tile(None, self.block_size)  # video grids use topk's tiles: a block size with one
+        checked_tile(None, self.block_size)  # video grids use topk's tiles: the size needs a default tile
 
 
 def schedule(
@@ -164,7 +164,7 @@ class Auto(TopK):
     def __init__(self, config: AutoConfig, cache=None) -> None:
         super().__init__(config, cache)
         if isinstance(config.correction, str) and config.correction == "default":
-            self._video_corrector = build_corrector(self, replace(config, correction=VIDEO_CORRECTION))
+            self._video_corrector = build_corrector(self, VIDEO_CORRECTION)
         else:
             self._video_corrector = self.corrector
 

@@ -87,7 +87,7 @@ class SparseMethod:
         self.config = config
         self.state = StateStore()
         self.cache = GridCache() if cache is None else cache
-        self.corrector = build_corrector(self, config)
+        self.corrector = build_corrector(self, config.correction)
         #: Layers a policy kept dense, with the reason (shown by the report).
         self.dense_reasons: dict[str, str] = {}
 

@@ -115,8 +115,9 @@ def resolve_correction(method: Any, choice: Any) -> CorrectionConfig | None:
     return choice
 
 
-def build_corrector(method: Any, config) -> Corrector | None:
-    correction = resolve_correction(method, config.correction)
+def build_corrector(method: Any, choice: Any) -> Corrector | None:
+    """The corrector for a ``correction=`` choice (see ``resolve_correction``), or None."""
+    correction = resolve_correction(method, choice)
     if correction is None:
         return None
     reason = method.refuses_correction(correction)
