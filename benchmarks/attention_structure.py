@@ -125,7 +125,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"`benchmarks/attention_structure.py`: step {args.steps // 2} of {args.steps}, conditional branch, "
         f"blocks of {block_size} tokens (tiles {tile}), local window +-1 frame, +-2 tokens.",
         f"Training: {meta.get('steps', 'n/a')} steps in {meta.get('minutes', 'n/a')} minutes "
-        f"({meta.get('threads', 'n/a')} CPU thread(s)), held-out loss {meta.get('held_out_loss', 'n/a')}.",
+        f"({meta.get('threads', 'n/a')} CPU thread(s)), held-out loss {meta.get('held_out_loss', 'n/a')}"
+        + "".join(
+            f"; run {i + 1}: {r['steps']} steps, {r['minutes']} min"
+            + (f", q/k norm gains x{r['qk_gain']} first" if "qk_gain" in r else "")
+            for i, r in enumerate(meta.get("runs", []))
+        )
+        + ".",
         "",
         f"**{len(concentrated)} of {len(rows)} heads are concentrated** "
         f"(top-10 % block share >= {CONCENTRATED}); "

@@ -111,3 +111,26 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     second = json.loads((out / "image.json").read_text())["steps"]
     assert second > first
     assert (out / "image.safetensors").exists()
+
+
+def test_qk_gain_scales_only_the_self_attention_norm_gains_and_is_recorded(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from benchmarks.proxies.models import WEIGHTS
+    from scripts.train_proxy import main as train
+
+    out = tmp_path / "proxy"
+    args = ["--init", str(WEIGHTS / "video.safetensors"), "--qk-gain", "2", "--minutes", "0.001"]
+    assert train(["video", *args, "--out", str(out), "--checkpoint-minutes", "0"]) == 0
+    before = load_file(str(WEIGHTS / "video.safetensors"))
+    after = load_file(str(out / "video.safetensors"))
+    for name in ("attn1.norm_q.weight", "attn1.norm_k.weight"):
+        key = f"transformer.blocks.0.{name}"
+        assert torch.allclose(after[key].float(), 2 * before[key].float(), rtol=1e-2)
+    cross = "transformer.blocks.0.attn2.norm_q.weight"
+    assert torch.allclose(after[cross].float(), before[cross].float(), rtol=1e-2)
+    assert json.loads((out / "video.json").read_text())["runs"][-1]["qk_gain"] == 2.0
+    with pytest.raises(SystemExit):  # PixArt has no q/k norm: refused, not silently ignored
+        train(["image", "--qk-gain", "2", "--minutes", "0.001", "--out", str(out)])
