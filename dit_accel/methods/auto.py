@@ -31,7 +31,7 @@ import torch
 from ..config import SparseAttentionConfig, register_method
 from ..context import AttentionContext
 from ..kernels import dense_attention
-from .corrections import RectifyCorrection, RettentionCorrection, build_corrector
+from .corrections import RectifyCorrection, RettentionCorrection
 from .corrections import Rettention as RettentionCorrector
 from .curve_order import block_neighbours, curve_order
 from .order import TokenOrder, checked_tile, fit_tile
@@ -161,22 +161,15 @@ class Auto(TopK):
 
     config_cls: ClassVar[type[AutoConfig]] = AutoConfig
 
-    def __init__(self, config: AutoConfig, cache=None) -> None:
-        super().__init__(config, cache)
-        if isinstance(config.correction, str) and config.correction == "default":
-            self._video_corrector = build_corrector(self, VIDEO_CORRECTION)
-        else:
-            self._video_corrector = self.corrector
-
     def own_correction(self) -> RectifyCorrection:
         return RectifyCorrection()
+
+    def own_video_correction(self) -> RettentionCorrection:
+        return VIDEO_CORRECTION
 
     @staticmethod
     def is_video(context: AttentionContext) -> bool:
         return context.call.grid[0] > 1
-
-    def corrector_for(self, context: AttentionContext):
-        return self._video_corrector if self.is_video(context) else self.corrector
 
     def budget(self) -> float:
         return BALANCED_DENSITY if self.config.density is None else self.config.density

@@ -88,6 +88,11 @@ class SparseMethod:
         self.state = StateStore()
         self.cache = GridCache() if cache is None else cache
         self.corrector = build_corrector(self, config.correction)
+        self.video_corrector = self.corrector
+        if isinstance(config.correction, str) and config.correction == "default":
+            video = self.own_video_correction()
+            if video != self.own_correction():
+                self.video_corrector = build_corrector(self, video)
         #: Layers a policy kept dense, with the reason (shown by the report).
         self.dense_reasons: dict[str, str] = {}
 
@@ -129,9 +134,15 @@ class SparseMethod:
             return corrector.phase(context)
         return "sparse", 0
 
+    def own_video_correction(self) -> CorrectionConfig | None:
+        """The default correction on video grids (more than one latent frame): ``own_correction``
+        unless the video proxy measured another one best for this method."""
+        return self.own_correction()
+
     def corrector_for(self, context: AttentionContext):
-        """The corrector of this call (one per method; ``auto`` picks one per grid)."""
-        return self.corrector
+        """The corrector of this call: with ``correction="default"`` the grid picks the method's
+        video or one-frame default; an explicit choice applies to every grid."""
+        return self.video_corrector if context.call.grid[0] > 1 else self.corrector
 
     def keeps_dense(self, context: AttentionContext) -> bool:
         return self.phase(context)[0] == "dense"
