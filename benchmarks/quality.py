@@ -69,7 +69,8 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
 
     ``grid``: "methods" (every method at its default, at its reference preset and over its
     knobs, and ``auto`` over its budget), "combinations" (every planner with every correction),
-    "auto" (the policy over its budget and warm-up share) or "all". Knob values are chosen so
+    "auto" (the policy over its budget and warm-up share), "calibrate" (``auto`` with and without
+    a calibrated plan) or "all". Knob values are chosen so
     that each method spans the baselines' density range on the proxies' grids (32 blocks per
     sequence); the results file has the realized densities. The baselines are in every grid.
     """
@@ -86,6 +87,8 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
         rows += _combination_rows(kind)
     if grid in ("methods", "auto", "all"):
         rows += _auto_rows(kind, densities, quick, sweep=grid != "methods")
+    if grid in ("calibrate", "all"):
+        rows += _auto_rows(kind, densities, quick, sweep=False) + _calibrated_rows(densities)
     return rows
 
 
@@ -112,6 +115,15 @@ def _auto_rows(kind: str, densities: tuple[float, ...], quick: bool, sweep: bool
             for d in (0.25, 0.35, 0.5)
         ]
     return rows
+
+
+def _calibrated_rows(densities: tuple[float, ...]) -> list[Row]:
+    """``auto`` with ``calibrate=``: a plan measured on another seed's first step (one
+    unmeasured generation makes it), then loaded, as a later run would."""
+    return [
+        Row(f"auto density={d} calibrated", "auto", {"density": d, "min_tokens": 0, "calibrate": PLAN})
+        for d in (*densities, 0.35)
+    ]
 
 
 def _method_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
@@ -241,6 +253,25 @@ def generate(pipe: Any, call: dict, seed: int, teacher: list[torch.Tensor] | Non
     if frames.shape[-1] != 3:  # (..., 3, H, W) tensors
         frames = frames.movedim(-3, -1)
     return Run(outputs, latents, frames.clamp(0, 1), seconds)
+
+
+#: A row option: the run's calibration plan (``calibration_plan``).
+PLAN = "<plan>"
+#: The seed of the generation that measures a calibration plan: not one the rows are scored on.
+CALIBRATION_SEED = 1000
+
+
+def calibration_plan(pipe: Any, call: dict, row: Row, path: Path) -> Path:
+    """``path``, made by one generation from ``CALIBRATION_SEED`` if it does not exist yet (its
+    curves do not depend on the budget, so every calibrated row of a run loads the same plan)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dit_accel.enable_sparse_attention(pipe, row.method, **{**row.options, "calibrate": str(path)})
+        try:
+            generate(pipe, call, CALIBRATION_SEED)
+        finally:
+            dit_accel.disable_sparse_attention(pipe)
+    return path
 
 
 def measure(
@@ -521,7 +552,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument(
         "--option", action="append", default=[], help="extra config field for every method row"
     )
-    parser.add_argument("--grid", choices=("methods", "combinations", "auto", "all"), default="methods")
+    parser.add_argument(
+        "--grid", choices=("methods", "combinations", "auto", "calibrate", "all"), default="methods"
+    )
     parser.add_argument("--untrained", action="store_true", help="the proxy with random weights (tests)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -575,6 +608,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
         if row.method != "dense":
             row.options.update(extra)
         try:
+            if row.options.get("calibrate") == PLAN:
+                plan = calibration_plan(pipe, call, row, args.out / f"calibration_{name}.json")
+                row.options["calibrate"] = str(plan)
             row.result, frames = measure(pipe, call, row, seeds, dense)
         except (ValueError, TypeError, NotImplementedError) as error:  # a setting the model refuses
             print(f"{row.label}: skipped ({type(error).__name__}: {error})", file=sys.stderr)

@@ -107,3 +107,15 @@ def test_baseline_realized_density_equals_its_target(pipe):
     result, _ = quality.measure(pipe, SMALL, row, [0], dense)
     # Grid 2x4x8 tokens in (1, 4, 4) tiles: 4 blocks, one kept per query block.
     assert result["density"] == pytest.approx(0.25)
+
+
+def test_calibrated_rows_load_one_plan_made_from_another_seed(pipe, tmp_path):
+    row = quality.Row("auto calibrated", "auto", {"density": 0.5, "min_tokens": 0, "block_size": 16})
+    path = quality.calibration_plan(pipe, SMALL, row, tmp_path / "plan.json")
+    saved = json.loads(path.read_text())["grids"]
+    assert list(saved) == ["2x4x8/block16"]  # the 2x32x64 px clip: 8 px per token
+    assert len(saved["2x4x8/block16"]) == len(pipe.transformer.blocks)
+    before = path.read_text()
+    assert quality.calibration_plan(pipe, SMALL, row, path) == path and path.read_text() == before
+    labels = [r.label for r in quality.grid_rows("video", False, 1, "calibrate")]
+    assert "auto density=0.35 calibrated" in labels and "auto density=0.25" in labels

@@ -23,6 +23,7 @@ says why.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,6 +32,7 @@ import torch
 from ..config import SparseAttentionConfig, register_method
 from ..context import AttentionContext
 from ..kernels import dense_attention
+from .calibration import CALIBRATION_STEPS, Calibration, kept_mass_curves
 from .corrections import RectifyCorrection, RettentionCorrection
 from .corrections import Rettention as RettentionCorrector
 from .curve_order import block_neighbours, curve_order
@@ -77,6 +79,13 @@ class AutoConfig(SparseAttentionConfig):
             grids (``VIDEO_CORRECTION``, refreshes paid from the budget), per-row
             rectification (``RectifyCorrection()``) on one-frame grids. An explicit choice
             applies to every grid.
+        calibrate: False (default), True, or the path of a JSON file. With calibration the first
+            denoising step of the first generation on a grid runs dense (paid from the budget)
+            and measures, per layer and head, how much softmax mass each number of kept key
+            blocks keeps; every later sparse step spends the same mean budget per layer and head
+            where it keeps the most. With a path the measurements are saved there (one entry per
+            grid and block size) and a later run that finds its grid in the file loads them and
+            measures nothing. ``methods/calibration.py``.
     """
 
     method: ClassVar[str] = "auto"
@@ -85,9 +94,15 @@ class AutoConfig(SparseAttentionConfig):
     density: float | None = None
     min_tokens: int | None = None
     warmup_share: float | None = None
+    calibrate: bool | str | os.PathLike = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        c = self.calibrate
+        if not isinstance(c, bool | str | os.PathLike) or (isinstance(c, str) and not c.strip()):
+            raise ValueError(f"calibrate must be True, False or the path of a JSON file, got {c!r}")
+        if isinstance(c, os.PathLike):
+            object.__setattr__(self, "calibrate", os.fspath(c))
         d = self.density
         if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1):
             raise ValueError(f"density must be None or lie in (0, 1], got {d!r}")
@@ -161,6 +176,38 @@ class Auto(TopK):
 
     config_cls: ClassVar[type[AutoConfig]] = AutoConfig
 
+    def __init__(self, config: AutoConfig, cache=None) -> None:
+        super().__init__(config, cache)
+        c = config.calibrate
+        self.calibration = None if c is False else Calibration(None if c is True else c)
+        #: Grids whose curves this generation measures (its first step is dense for it).
+        self.measuring: set[str] = set()
+
+    def calibration_key(self, context: AttentionContext) -> str:
+        return Calibration.key(context.call.grid, self.config.block_size)
+
+    def calibrating(self, context: AttentionContext) -> bool:
+        """Whether this call's generation measures its grid: it found no plan at its first step."""
+        if self.calibration is None:
+            return False
+        key = self.calibration_key(context)
+        if key not in self.measuring and context.call.step_index == 0 and not self.calibration.planned(key):
+            self.measuring.add(key)
+        return key in self.measuring
+
+    def head_counts(self, context: AttentionContext, n: int, heads: int) -> torch.Tensor | None:
+        """Calibrated kept blocks per head (int64 (H,)) of this call, or None (no plan)."""
+        if self.calibration is None:
+            return None
+        key = self.calibration_key(context)
+        if self.calibration.measuring(key):
+            self.calibration.finish(key)  # the first sparse step after the measured ones
+        if not self.calibration.planned(key):
+            return None
+        layer = f"{context.call.transformer_name}.{context.layer.name}"
+        minimum = self.blocks_kept(n, MIN_SPARSE_DENSITY)
+        return self.calibration.counts(key, layer, self.target_density(context), minimum, heads)
+
     def own_correction(self) -> RectifyCorrection:
         return RectifyCorrection()
 
@@ -186,11 +233,19 @@ class Auto(TopK):
 
     def _schedule(self, context: AttentionContext) -> tuple[int, int, float]:
         share = WARMUP_SHARE if self.config.warmup_share is None else self.config.warmup_share
+        dense_steps = self.config.dense_steps
+        if self.calibrating(context):  # the measured steps are dense, paid from the budget
+            warm = (
+                dense_steps
+                if dense_steps is not None
+                else math.floor(share * self.budget() * (context.call.num_inference_steps or 0) + 1e-9)
+            )
+            dense_steps = max(warm, CALIBRATION_STEPS)
         return schedule(
             self.budget(),
             context.call.num_inference_steps,
             share,
-            self.config.dense_steps,
+            dense_steps,
             self.refresh_every(context),
         )
 
@@ -217,23 +272,32 @@ class Auto(TopK):
         per-row budget (``quality_image.md``), and curve blocks beat ``topk``'s tiles by 0.7-1.4 dB.
         No host synchronisation per call: ``m`` is a tensor; the neighbourhood's size is read once
         per grid."""
+        n = scores.shape[-1]
+        counts = self.head_counts(context, n, scores.shape[1])
+        if counts is not None:
+            counts = counts.to(scores.device).view(1, -1, 1, 1)
         if self.is_video(context):
-            return super().video_blocks(scores, context)
-        grid, n, bs = context.call.grid, scores.shape[-1], self.config.block_size
-        near, near_blocks = self.cache.get(
-            ("curve_neighbours", grid, bs, scores.device), lambda: _near(grid, bs, scores.device)
-        )
+            if counts is None:
+                return super().video_blocks(scores, context)
+            return _rank(scores) < counts
+        near, near_blocks = self.neighbours(context, scores.device)
+        if counts is not None:
+            return _calibrated_blocks(scores, near, near_blocks, counts)
         density = self.target_density(context)
         k = self.blocks_kept(n, density)
         if near_blocks > density * n:
             # Budgets below the neighbourhood's own share: the neighbours first, exactly k per row.
             return top_k_mask(scores.masked_fill(near, math.inf), k)
-        rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)
+        rank = _rank(scores)
         m = torch.tensor(float(k), device=scores.device)
         for _ in range(3):  # the overlap with the neighbours shrinks as m does: a few fixed-point steps
             kept = (rank < m) | near
             m = (m - (kept.sum(-1, dtype=torch.float32).mean() - density * n).round()).clamp(0, n)
         return (rank < m) | near
+
+    def neighbours(self, context: AttentionContext, device: torch.device) -> tuple[torch.Tensor, float]:
+        grid, bs = context.call.grid, self.config.block_size
+        return self.cache.get(("curve_neighbours", grid, bs, device), lambda: _near(grid, bs, device))
 
     def phase(self, context: AttentionContext) -> tuple[str, int]:
         """Warm-up steps and protected layers dense; after the warm-up, a refresh at the
@@ -256,7 +320,57 @@ class Auto(TopK):
                 "path loses to dense attention)",
             )
             return dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask), 1.0
+        if self.calibrating(context) and context.call.step_index < CALIBRATION_STEPS:
+            self.measure(q, k, v, scale, key_padding_mask, context)
+            return dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask), 1.0
         return super().attend(q, k, v, scale=scale, key_padding_mask=key_padding_mask, context=context)
+
+    def measure(self, q, k, v, scale, key_padding_mask, context: AttentionContext) -> None:
+        """One calibration call: the kept-mass curves of this layer in the planner's ranking
+        (one-frame grids: the touching blocks first, as they are always kept)."""
+        x, _, _ = self.prepare(q, k, v, self.scale(scale, q), key_padding_mask, context)
+        ranking = self.block_scores(x, context)
+        if not self.is_video(context):
+            ranking = ranking.masked_fill(self.neighbours(context, q.device)[0], math.inf)
+        layer = f"{context.call.transformer_name}.{context.layer.name}"
+        self.calibration.add(self.calibration_key(context), layer, kept_mass_curves(x, ranking))
+        self.dense_reasons.setdefault(
+            context.layer.name,
+            f"step(s) < {CALIBRATION_STEPS}: calibration (measures the mass each block budget keeps)",
+        )
+
+    def reset(self) -> None:
+        super().reset()
+        self.measuring.clear()
+
+    def close(self) -> None:
+        super().close()
+        if self.calibration is not None:
+            self.calibration.clear()
+
+
+def _rank(scores: torch.Tensor) -> torch.Tensor:
+    """Each column's rank in its row, 0 = highest score."""
+    return scores.argsort(dim=-1, descending=True).argsort(dim=-1)
+
+
+def _calibrated_blocks(
+    scores: torch.Tensor, near: torch.Tensor, near_blocks: float, counts: torch.Tensor
+) -> torch.Tensor:
+    """One-frame grids with calibrated per-head counts (1, H, 1, 1): the uncalibrated selection
+    (touching blocks plus each head's best ``m_h``, ``m_h`` fitted so the mean kept count is the
+    head's), or the touching blocks first and exactly the count where it is below their own."""
+    n = scores.shape[-1]
+    target = counts.to(torch.float32)
+    rank = _rank(scores)
+    m = target.clone()
+    for _ in range(3):
+        kept = (rank < m) | near
+        m = (
+            m - (kept.sum(-1, dtype=torch.float32).mean((0, 2), keepdim=True)[..., None] - target).round()
+        ).clamp(0, n)
+    few = _rank(scores.masked_fill(near, math.inf)) < counts
+    return torch.where(target < near_blocks, few, (rank < m) | near)
 
 
 register_method(AutoConfig, Auto)
