@@ -38,7 +38,7 @@ SHAPES = [
 ]
 TOY = [("toy-wan", "Wan", (3, 8, 10), 0, 2, 32), ("toy-cogvideox", "CogVideoX", (2, 8, 8), 7, 2, 32)]
 VARIANTS = [
-    ("IPAR+GAPR", dict()),
+    ("IPAR+GAPR", dict(rectify="per_block", gapr=True)),
     ("plain top-p", dict(ipar=False, gapr=False)),
     ("per-row", dict(rectify="per_row")),
 ]

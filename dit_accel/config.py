@@ -67,11 +67,11 @@ class SparseAttentionConfig:
             None takes the family's default for the method (none for most).
         kernel_backend: "auto" (Triton on CUDA when available, PyTorch otherwise), "triton" or
             "torch".
-        correction: what corrects the sparse output: "default" (the method's measured best:
-            per-row rectification for ``rectified``, ``window3d`` and ``vmoba``'s fast mode,
-            Re-ttention's for ``rettention``, per grid for ``auto`` (Re-ttention's on video,
-            per-row rectification on images), none for ``topk`` and ``dense``; under
-            ``preset="reference"`` each method's own), None (no correction), "rectify",
+        correction: what corrects the sparse output: "default" (the method's measured best,
+            per grid: for ``rectified``, ``window3d``, ``vmoba``'s fast mode and ``auto``,
+            Re-ttention's residual on video grids and per-row rectification on one-frame grids;
+            Re-ttention's for ``rettention``, none for ``topk`` and ``dense``; under
+            ``preset="reference"`` each method's own on every grid), None (no correction), "rectify",
             "rettention", or a ``RectifyCorrection`` / ``RettentionCorrection`` with its options.
         preset: "default" (dit-accel's defaults, each chosen with ``benchmarks/quality.py`` on
             the trained proxies: ``benchmarks/results/quality_*.md``) or "reference" (every
@@ -141,7 +141,10 @@ class SparseAttentionConfig:
             # A new preset: rebuild from the fields given explicitly, the preset fills the rest.
             given = {name: getattr(self, name) for name in self._given if name != "preset"}
             return type(self)(**{**given, **overrides})
-        return dataclasses.replace(self, **overrides)
+        copy = dataclasses.replace(self, **overrides)
+        # dataclasses.replace passes every field: the explicit ones are the original's and the overrides.
+        object.__setattr__(copy, "_given", self._given | frozenset(overrides))
+        return copy
 
 
 _BY_NAME: dict[str, type[SparseAttentionConfig]] = {}

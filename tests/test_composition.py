@@ -220,3 +220,32 @@ def test_the_reference_preset_restores_the_papers_fields_and_family_tables():
     assert resolve_config("rectified", preset="reference", top_p=0.5).rectify == "per_block"
     with pytest.raises(ValueError, match="preset must be one of"):
         RectifiedSpaAttnConfig(preset="paper")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Window3DConfig(window=(2, 4, 4), block_size=16),
+        VMoBAConfig(block_size=16),
+        RectifiedSpaAttnConfig(block_size=16, dense_steps=0),
+    ],
+    ids=["window3d", "vmoba", "rectified"],
+)
+def test_video_grids_default_to_the_residual_and_images_to_per_row_rectification(config):
+    from dit_accel.methods.corrections import VIDEO_CORRECTION, Rectify, Rettention
+
+    method = build_method(config)
+    video, image = context((4, 8, 8)), context((1, 16, 16))
+    assert isinstance(method.corrector_for(video), Rettention)
+    assert method.corrector_for(video).config == VIDEO_CORRECTION
+    assert VIDEO_CORRECTION.warmup_fraction == 0.0  # refreshes from the first sparse step
+    assert isinstance(method.corrector_for(image), Rectify)
+    assert method.phase(context((4, 8, 8), step=0)) == ("refresh", 0)
+    for explicit in ("rectify", None):  # an explicit choice applies to every grid
+        chosen = build_method(config.replace(correction=explicit))
+        assert chosen.corrector_for(video) is chosen.corrector_for(image)
+    reference = build_method(config.replace(preset="reference"))
+    assert reference.corrector_for(video) is reference.corrector_for(image)
+    if isinstance(config, RectifiedSpaAttnConfig):  # the paper's options ask for the paper's correction
+        own = build_method(config.replace(rectify="per_block"))
+        assert isinstance(own.corrector_for(video), Rectify)

@@ -263,7 +263,8 @@ def test_rectified_equals_the_float64_oracle(text_position, ipar, gapr, means, r
 def test_first_frame_square_and_neighbours_match_the_oracle(first_frame):
     seed = torch.Generator().seed()
     grid = (4, 6, 6)
-    cfg = RectifiedSpaAttnConfig(block_size=16, sa_drop_rate=0.95, first_frame=first_frame)
+    # rectify given: the paper's correction on video too (the video default is the residual)
+    cfg = RectifiedSpaAttnConfig(block_size=16, sa_drop_rate=0.95, first_frame=first_frame, rectify="per_row")
     q, k, v, padding = _inputs(grid, 0, "none", seed)
     out, _ = RectifiedSpaAttn(resolved(cfg, "Wan"))(
         q, k, v, scale=0.3, key_padding_mask=padding, context=context(grid, "none", "Wan")

@@ -33,7 +33,7 @@ from ..config import SparseAttentionConfig, register_method
 from ..context import AttentionContext
 from ..kernels import dense_attention
 from .calibration import CALIBRATION_STEPS, Calibration, kept_mass_curves
-from .corrections import RectifyCorrection, RettentionCorrection
+from .corrections import VIDEO_CORRECTION, RectifyCorrection, RettentionCorrection
 from .corrections import Rettention as RettentionCorrector
 from .curve_order import block_neighbours, curve_order
 from .order import TokenOrder, checked_tile, fit_tile
@@ -55,10 +55,6 @@ MIN_SPARSE_DENSITY = 0.05
 #: kernel (``benchmarks/results/cpu.md``: 0.47 of dense time at 8,192 tokens and density 0.25, the
 #: shortest length measured there).
 BREAK_EVEN_TOKENS = {"cuda": 20_000, "cpu": 8_192}
-#: The correction of video grids: Re-ttention's residual, its refreshes paid from the budget and
-#: its warm-up the budget's (``warmup_share``). Measured on the video proxy
-#: (``benchmarks/results/auto_video_exploration.md``, then the "auto" rows of ``quality_video.md``).
-VIDEO_CORRECTION = RettentionCorrection(warmup_fraction=0.0)
 
 
 @dataclass(frozen=True)

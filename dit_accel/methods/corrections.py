@@ -103,6 +103,14 @@ class RettentionCorrection(CorrectionConfig):
 
 
 CORRECTIONS = {"rectify": RectifyCorrection, "rettention": RettentionCorrection}
+#: The default correction on video grids (more than one latent frame) of ``auto``, ``window3d``,
+#: ``vmoba``'s fast mode and ``rectified``: Re-ttention's residual, refreshed every 5 steps from
+#: the first sparse step (no warm-up of its own: ``auto`` pays its refreshes from the budget, the
+#: others keep their own warm-up). Measured on the video proxy: on every planner it beats top-k
+#: with warm-up at equal density by 3.2-4.1 dB, while per-row rectification moves PSNR by -0.3 to
+#: +0.3 dB and raises the teacher-forced error (``benchmarks/results/quality_video_combinations.md``);
+#: in ``auto`` it gained more than 6 dB (``auto_video_exploration.md``).
+VIDEO_CORRECTION = RettentionCorrection(warmup_fraction=0.0)
 
 
 def resolve_correction(method: Any, choice: Any) -> CorrectionConfig | None:

@@ -21,7 +21,7 @@ import torch
 from ..config import SparseAttentionConfig, register_method
 from ..kernels import BlockLayout, num_blocks
 from .base import SparseMethod
-from .corrections import PooledStats, RectifyCorrection
+from .corrections import VIDEO_CORRECTION, PooledStats, RectifyCorrection, RettentionCorrection
 from .curve_order import block_neighbours, curve_order
 from .order import TokenOrder
 from .plan import Operands, Plan
@@ -76,7 +76,10 @@ class RectifiedSpaAttnConfig(SparseAttentionConfig):
             every method. Wan I2V in the reference keeps only the layers: pass ``dense_steps=0``;
             its Wan 2.2 T2V A14B keeps 3 of 40 steps: ``dense_steps=3``.
         correction: "default" = the rectification above (``rectify``, ``ipar``, ``gapr``,
-            ``pooled_means``); any other choice replaces it.
+            ``pooled_means``) on one-frame grids; on video grids Re-ttention's residual
+            (``VIDEO_CORRECTION``: +2.5 dB over per-row rectification with the Wan defaults,
+            ``benchmarks/results/quality_video_defaults.md``) unless the reference preset or an
+            explicit rectification option asks for the paper's. Any other choice replaces both.
     """
 
     method: ClassVar[str] = "rectified"
@@ -124,6 +127,15 @@ class RectifiedSpaAttn(SparseMethod):
         return RectifyCorrection(
             mode=cfg.rectify, ipar=cfg.ipar, gapr=cfg.gapr, pooled_means=cfg.pooled_means
         )
+
+    def own_video_correction(self) -> RectifyCorrection | RettentionCorrection | None:
+        """Video grids: Re-ttention's residual (``VIDEO_CORRECTION``), unless the reference preset
+        or an explicit rectification option (``rectify``, ``ipar``, ``gapr``, ``pooled_means``)
+        asks for the paper's correction."""
+        own = set(self.config._given) & {"rectify", "ipar", "gapr", "pooled_means"}
+        if self.config.preset == "reference" or own or self.own_correction() is None:
+            return self.own_correction()
+        return VIDEO_CORRECTION
 
     def drop_rate(self) -> float:
         return self.FALLBACK_DROP_RATE if self.config.sa_drop_rate is None else self.config.sa_drop_rate

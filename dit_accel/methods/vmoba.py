@@ -29,7 +29,7 @@ from ..config import SparseAttentionConfig, as_int_tuple, register_method
 from ..kernels import BlockLayout, num_blocks
 from ..kernels.row_chunk_mask import RowChunkMask
 from .base import SparseMethod
-from .corrections import RectifyCorrection
+from .corrections import VIDEO_CORRECTION, RectifyCorrection, RettentionCorrection
 from .order import TokenOrder
 from .plan import Operands, Plan
 from .vmoba_partition import ChunkPartition, chunk_partition, layer_kind, scale_chunk_size
@@ -75,8 +75,10 @@ class VMoBAConfig(SparseAttentionConfig):
             h100.md): on the tiny pipelines fast mode's PSNR to dense is within 0.7 dB of
             parity's (better on two of three), and it is the only mode faster than dense.
         query_slice: queries per slice when selecting in "query_head" scope (bounds memory).
-        correction: "default" = per-row rectification in fast mode (measured: +13 dB over bare
-            fast-mode VMoBA at equal density on the image proxy, ``benchmarks/results/``); none
+        correction: "default" = in fast mode, per-row rectification on one-frame grids
+            (measured: +13 dB over bare fast-mode VMoBA at equal density on the image proxy) and
+            Re-ttention's residual on video grids (``VIDEO_CORRECTION``: +8.1 dB over top-k with
+            warm-up at equal density, ``benchmarks/results/quality_video_defaults.md``); none
             in parity mode and under ``preset="reference"``.
     """
 
@@ -147,6 +149,10 @@ class VMoBA(SparseMethod):
         if self.config.mode == "parity" or self.config.preset == "reference":
             return None
         return RectifyCorrection()
+
+    def own_video_correction(self) -> RettentionCorrection | None:
+        """Video grids in fast mode: Re-ttention's residual (``VIDEO_CORRECTION``)."""
+        return None if self.own_correction() is None else VIDEO_CORRECTION
 
     def refuses_correction(self, correction) -> str:
         if self.config.mode == "parity":

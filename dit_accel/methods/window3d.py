@@ -15,7 +15,7 @@ import torch
 from ..config import SparseAttentionConfig, as_int_tuple, register_method
 from ..kernels import BlockLayout, num_blocks
 from .base import SparseMethod
-from .corrections import RectifyCorrection
+from .corrections import VIDEO_CORRECTION, RectifyCorrection, RettentionCorrection
 from .order import TokenOrder, checked_tile, tile_coordinates, tile_order, tiles_per_axis
 from .plan import Operands, Plan
 
@@ -35,9 +35,12 @@ class Window3DConfig(SparseAttentionConfig):
             dense attention.
         tile: (frames, height, width) of one tile in tokens; the product must equal
             ``block_size``. Default: chosen from ``block_size`` (128 -> (2, 8, 8), 64 -> (1, 8, 8)).
-        correction: "default" = per-row rectification (``RectifyCorrection()``): the measured
-            best (``benchmarks/results/quality_*.md``: +4.9 dB over the bare window at equal
-            density on the image proxy). ``preset="reference"`` or None: the bare window.
+        correction: "default" = the measured best per grid: per-row rectification
+            (``RectifyCorrection()``) on one-frame grids (+4.9 dB over the bare window at equal
+            density on the image proxy), Re-ttention's residual (``VIDEO_CORRECTION``) on video
+            grids (+5.2 dB over per-row rectification at the default window on the video proxy,
+            ``benchmarks/results/quality_video_defaults.md``). ``preset="reference"`` or None:
+            the bare window.
     """
 
     method: ClassVar[str] = "window3d"
@@ -81,6 +84,9 @@ class Window3D(SparseMethod):
 
     def own_correction(self) -> RectifyCorrection | None:
         return None if self.config.preset == "reference" else RectifyCorrection()
+
+    def own_video_correction(self) -> RettentionCorrection | None:
+        return None if self.config.preset == "reference" else VIDEO_CORRECTION
 
     def window_tiles(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
         extents = zip(self.config.window, grid, self.tile, strict=True)
