@@ -20,6 +20,9 @@ a head's logits are bounded by about sqrt(head_dim) * gain**2, and in two CPU ho
 video proxy moved from 1.0 to only ~1.05, so most heads stayed near uniform (3 of 20 concentrated)
 although real video DiTs have strongly concentrated heads. Raising the gains (1.5: 14 of 20 heads
 concentrated before any fine-tuning) and training on lets the model use sharper attention.
+Fine-tuning with trainable gains gave most of the sharpness back (``proxy_video_qk_gain.md``), so
+``--freeze-qk-gain`` keeps them fixed at their raised value: a fixed logit scale per head, the
+model can still make a head diffuse through its projections but no longer by shrinking the gains.
 
     nohup python scripts/train_proxy.py video --minutes 120 --threads 1 > video.log &
     nohup python scripts/train_proxy.py video --init benchmarks/proxies/weights/video.safetensors \
@@ -80,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="multiply the self-attention q/k norm gains by this before training (see the docstring)",
     )
+    parser.add_argument(
+        "--freeze-qk-gain",
+        action="store_true",
+        help="keep the self-attention q/k norm gains fixed (after --qk-gain) instead of training them",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     checkpoint = args.checkpoint or args.out / "checkpoints" / f"{args.name}.pt"
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(record_path.read_text()) if record_path.exists() else {}
     else:
         pipe = build_proxy(args.name, seed=0)
-    if args.qk_gain != 1.0:
+    if args.qk_gain != 1.0 or args.freeze_qk_gain:
         gains = [
             param
             for name, param in pipe.transformer.named_parameters()
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             for param in gains:
                 param.mul_(args.qk_gain)
+                param.requires_grad_(not args.freeze_qk_gain)
     modules = torch.nn.ModuleDict(
         {"transformer": pipe.transformer, "class_encoder": pipe.class_encoder}
     ).train()
@@ -189,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         lr=args.lr,
         curriculum=CURRICULUM[args.name],
+        **({"qk_gain": args.qk_gain} if args.qk_gain != 1.0 and not earlier else {}),
+        **({"qk_gain_frozen": True} if args.freeze_qk_gain and not earlier else {}),
         held_out_loss=round(held_out_loss(pipe, args.name, FULL_GRID[args.name], batches=1), 4),
         loss_every_100=earlier.get("loss_every_100", [])
         + [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)],
@@ -205,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 lr=args.lr,
                 init=str(args.init),
                 **({"qk_gain": args.qk_gain} if args.qk_gain != 1.0 else {}),
+                **({"qk_gain_frozen": True} if args.freeze_qk_gain else {}),
             )
         )
     (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
