@@ -555,6 +555,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument(
         "--grid", choices=("methods", "combinations", "auto", "calibrate", "all"), default="methods"
     )
+    parser.add_argument(
+        "--auto-density",
+        type=float,
+        action="append",
+        default=[],
+        help="add an `auto` row at this density (repeatable): `auto` at a method default's density",
+    )
     parser.add_argument("--untrained", action="store_true", help="the proxy with random weights (tests)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -577,9 +584,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
     pipe, call, name, kind = _load(args)
     pipe.set_progress_bar_config(disable=True)
     block_size = args.block_size or (32 if kind == "image" else None)
+    extra_auto = [
+        Row(f"auto density={d}", "auto", {"density": d, "min_tokens": 0}, "auto") for d in args.auto_density
+    ]
     rows = [
         r
-        for r in grid_rows(kind, args.quick, warmup, args.grid)
+        for r in grid_rows(kind, args.quick, warmup, args.grid) + extra_auto
         if r.role == "dense"
         or (
             (not args.only or any(o in r.label for o in args.only))

@@ -67,10 +67,15 @@ def test_quick_mode_fills_every_column_and_writes_table_plot_and_sheet(tmp_path)
         "3",
         "--warmup",
         "1",
+        "--auto-density",
+        "0.6",
         "--out",
         str(tmp_path),
     ]
     rows = quality.main(argv)
+    extra = [r for r in rows if r.label == "auto density=0.6"]
+    assert len(extra) == 1 and extra[0].options["density"] == 0.6
+    assert 0.4 < extra[0].result["density"] < 0.8, extra[0].result  # the budget, not the balanced 0.35
     roles = {r.role for r in rows}
     assert {"dense", "baseline a", "baseline b", "default"} <= roles
     assert {r.method for r in rows if r.role == "default"} >= {
