@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows, uniform_top, uniform_local = structure(pipe, call, block_size, tile, args.steps)
     name = args.proxy + ("_untrained" if args.untrained else "_checkpoint" if args.checkpoint else "")
     concentrated = [r for r in rows if r["top10"] >= CONCENTRATED]
-    meta = {} if args.untrained else proxy_metadata(args.proxy)
+    meta = {} if args.untrained or args.checkpoint else proxy_metadata(args.proxy)  # a checkpoint's own
     lines = [
         f"# Attention structure of the {name} proxy",
         "",

@@ -474,7 +474,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict, str, str]:
         return pipe, call, Path(args.model).name, kind
     from benchmarks.proxies.models import IMAGE_SIZE, VIDEO_SIZE, build_proxy, load_proxy
 
-    pipe = build_proxy(args.proxy) if args.untrained else load_proxy(args.proxy)
+    pipe = build_proxy(args.proxy) if args.untrained else load_proxy(args.proxy, args.weights)
     size = dict(VIDEO_SIZE if args.proxy == "video" else IMAGE_SIZE)
     if args.size:
         values = [int(v) for v in args.size.split("x")]
@@ -486,7 +486,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict, str, str]:
             )
         )
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt", **size)
-    return pipe, call, f"{args.proxy}{'_untrained' if args.untrained else ''}", args.proxy
+    name = f"{args.proxy}_untrained" if args.untrained else args.weights.stem if args.weights else args.proxy
+    return pipe, call, name, args.proxy
 
 
 def resolve_row(row: Row, call: dict, block_size: int | None, kind: str) -> None:
@@ -563,6 +564,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
         help="add an `auto` row at this density (repeatable): `auto` at a method default's density",
     )
     parser.add_argument("--untrained", action="store_true", help="the proxy with random weights (tests)")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="proxy weights other than the shipped ones (a candidate)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(

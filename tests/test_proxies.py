@@ -77,15 +77,21 @@ def test_class_ids_accept_names_and_indices_and_refuse_the_rest():
 
 
 @pytest.mark.parametrize(
-    ("name", "size", "grid"),
+    ("name", "weights", "size", "grid"),
     [
-        ("video", dict(num_frames=2, height=32, width=64), (2, 4, 8)),
-        ("image", dict(height=64, width=64), (8, 8)),
+        ("video", None, dict(num_frames=2, height=32, width=64), (2, 4, 8)),
+        ("video", "candidates/video_qk2.safetensors", dict(num_frames=2, height=32, width=64), (2, 4, 8)),
+        ("image", None, dict(height=64, width=64), (8, 8)),
     ],
 )
-def test_shipped_proxy_loads_offline_samples_finite_frames_and_beats_its_untrained_twin(name, size, grid):
+def test_shipped_proxy_loads_offline_samples_finite_frames_and_beats_its_untrained_twin(
+    name, weights, size, grid
+):
+    from benchmarks.proxies.models import WEIGHTS
+
     torch.manual_seed(0)
-    trained, untrained = load_proxy(name), build_proxy(name, seed=0)
+    trained = load_proxy(name, WEIGHTS / weights if weights else None)
+    untrained = build_proxy(name, seed=0)
     trained.set_progress_bar_config(disable=True)
     frames = trained(
         "coffee", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0), **size
@@ -134,3 +140,18 @@ def test_qk_gain_scales_only_the_self_attention_norm_gains_and_is_recorded(tmp_p
     assert json.loads((out / "video.json").read_text())["runs"][-1]["qk_gain"] == 2.0
     with pytest.raises(SystemExit):  # PixArt has no q/k norm: refused, not silently ignored
         train(["image", "--qk-gain", "2", "--minutes", "0.001", "--out", str(out)])
+
+
+def test_frozen_qk_gain_stays_at_its_raised_value_while_the_rest_trains(tmp_path):
+    from benchmarks.proxies.models import WEIGHTS
+    from scripts.train_proxy import main as train
+
+    out = tmp_path / "proxy"
+    args = ["--init", str(WEIGHTS / "video.safetensors"), "--qk-gain", "2", "--freeze-qk-gain"]
+    assert train(["video", *args, "--minutes", "0.001", "--out", str(out), "--checkpoint-minutes", "0"]) == 0
+    before = load_proxy("video").transformer.state_dict()
+    after = torch.load(out / "checkpoints" / "video.pt", weights_only=False)["modules"]
+    key = "transformer.blocks.0.attn1.norm_q.weight"
+    assert torch.equal(after[key], 2 * before[key[12:]])
+    trained = "transformer.blocks.0.attn1.to_q.weight"
+    assert not torch.equal(after[trained], before[trained[12:]])
