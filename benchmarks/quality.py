@@ -102,7 +102,7 @@ def _auto_rows(kind: str, densities: tuple[float, ...], quick: bool, sweep: bool
     rows = [Row("auto default", "auto", dict(always), "default")]
     if quick:
         return rows
-    rows += [Row(f"auto density={d}", "auto", {"density": d, **always}, "auto") for d in densities]
+    rows += [_auto_row(d) for d in densities]
     if sweep:
         rows += [
             Row(f"auto density={d} warmup_share={w}", "auto", {"density": d, "warmup_share": w, **always})
@@ -115,6 +115,11 @@ def _auto_rows(kind: str, densities: tuple[float, ...], quick: bool, sweep: bool
             for d in (0.25, 0.35, 0.5)
         ]
     return rows
+
+
+def _auto_row(density: float) -> Row:
+    """``auto`` at a budget (``min_tokens=0``: see ``_auto_rows``)."""
+    return Row(f"auto density={density}", "auto", {"density": density, "min_tokens": 0}, "auto")
 
 
 def _calibrated_rows(densities: tuple[float, ...]) -> list[Row]:
@@ -588,9 +593,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     pipe, call, name, kind = _load(args)
     pipe.set_progress_bar_config(disable=True)
     block_size = args.block_size or (32 if kind == "image" else None)
-    extra_auto = [
-        Row(f"auto density={d}", "auto", {"density": d, "min_tokens": 0}, "auto") for d in args.auto_density
-    ]
+    extra_auto = [_auto_row(d) for d in args.auto_density]
     rows = [
         r
         for r in grid_rows(kind, args.quick, warmup, args.grid) + extra_auto
