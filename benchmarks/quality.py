@@ -457,6 +457,54 @@ def contact_sheet(name: str, frames: dict[str, torch.Tensor], path: Path) -> Non
 # --- entry point ---------------------------------------------------------------------------------
 
 
+class Checkpoint:
+    """Rows of an unfinished table, saved one by one, so that a long sweep (an hour and more on
+    two cores) interrupted by a session's end resumes where it stopped (``--resume``). A row is
+    reused only when the run's settings (every argument that changes a number) are the same."""
+
+    IGNORED = ("resume", "threads", "out", "summary", "only", "skip", "auto_density")  # rows are by label
+
+    def __init__(self, folder: Path, args: dict, resume: bool) -> None:
+        self.folder = folder
+        kept = {k: v for k, v in args.items() if k not in self.IGNORED}
+        self.key = json.dumps(kept, default=str, sort_keys=True)
+        self.rows: dict[str, dict] = {}
+        index = folder / "rows.json"
+        if resume and index.exists():
+            saved = json.loads(index.read_text())
+            if saved["key"] == self.key:
+                self.rows = saved["rows"]
+            else:
+                print(f"{folder}: saved with other settings, not reused", file=sys.stderr)
+
+    def restore(self, row: Row, sheet: dict[str, torch.Tensor]) -> bool:
+        """Fill ``row`` (and its contact-sheet frames) from the saved rows; False if not saved."""
+        saved = self.rows.get(row.label)
+        if saved is None:
+            return False
+        row.result = saved["result"]
+        frames = self.folder / saved["frames"] if saved.get("frames") else None
+        if frames is not None:
+            sheet[row.label.replace(" default", "")] = torch.load(frames).float()
+        return True
+
+    def save(self, row: Row, frames: torch.Tensor | None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        entry: dict[str, Any] = dict(result=row.result)
+        if frames is not None:
+            entry["frames"] = f"frames_{len(self.rows)}.pt"
+            torch.save(frames.half(), self.folder / entry["frames"])
+        self.rows[row.label] = entry
+        (self.folder / "rows.json").write_text(json.dumps(dict(key=self.key, rows=self.rows), default=str))
+
+    def remove(self) -> None:
+        """The table is written: its partial rows are no longer needed."""
+        if self.folder.exists():
+            for path in self.folder.iterdir():
+                path.unlink()
+            self.folder.rmdir()
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     key, _, raw = text.partition("=")
     try:
@@ -530,7 +578,8 @@ def summary(paths: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> list[Row]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the defaults that depend on ``--quick`` (steps, warm-up) filled in."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--proxy", choices=("video", "image"), default="video")
@@ -575,20 +624,30 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the rows an interrupted run of the same table saved (OUT/<table>.partial/)",
+    )
+    parser.add_argument(
         "--summary",
         nargs="+",
         type=Path,
         help="print the README table of these result JSON files, run nothing",
     )
     args = parser.parse_args(argv)
+    args.steps = args.steps or (6 if args.quick else 20)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else WARMUP)
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
     if args.summary:
         print(summary(args.summary), end="")
         return []
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = args.steps or (6 if args.quick else 20)
-    args.steps = steps
-    warmup = args.warmup if args.warmup is not None else (2 if args.quick else WARMUP)
+    steps, warmup = args.steps, args.warmup
     started = dict(date=datetime.date.today().isoformat(), commit=commit(), machine=machine())
     pipe, call, name, kind = _load(args)
     pipe.set_progress_bar_config(disable=True)
@@ -608,6 +667,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
     from tqdm.auto import tqdm
 
+    stem = (
+        f"quality_{name}"
+        + ("_quick" if args.quick else "")
+        + ("" if args.grid == "methods" else f"_{args.grid}")
+    )
+    saved = Checkpoint(args.out / f"{stem}.partial", dict(vars(args), seeds=seeds), args.resume)
     dense = {seed: generate(pipe, call, seed) for seed in seeds}
     sheet = {"dense": dense[0].frames[0]}
     for row in tqdm(rows, desc=f"quality {name}", unit="row"):
@@ -624,6 +689,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         resolve_row(row, call, block_size, kind)
         if row.method != "dense":
             row.options.update(extra)
+        if saved.restore(row, sheet):
+            continue
         try:
             if row.options.get("calibrate") == PLAN:
                 plan = calibration_plan(pipe, call, row, args.out / f"calibration_{name}.json")
@@ -643,6 +710,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
             continue
         if row.role == "default":
             sheet[row.label.replace(" default", "")] = frames
+        saved.save(row, frames if row.role == "default" else None)
     add_gains(rows)
     settings = dict(
         steps=steps,
@@ -654,11 +722,6 @@ def main(argv: list[str] | None = None) -> list[Row]:
     )
     settings["size"] = "x".join(str(call[k]) for k in ("num_frames", "height", "width") if k in call) + " px"
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = (
-        f"quality_{name}"
-        + ("_quick" if args.quick else "")
-        + ("" if args.grid == "methods" else f"_{args.grid}")
-    )
     (args.out / f"{stem}.md").write_text(markdown(name, rows, settings, started))
     (args.out / f"{stem}.json").write_text(
         json.dumps(
@@ -680,6 +743,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     plot(name, rows, args.out / f"{stem}.png")
     contact_sheet(name, sheet, args.out / f"{stem}_sheet.png")
     print((args.out / f"{stem}.md").read_text())
+    saved.remove()
     return rows
 
 

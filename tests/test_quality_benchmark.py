@@ -124,3 +124,27 @@ def test_calibrated_rows_load_one_plan_made_from_another_seed(pipe, tmp_path):
     assert quality.calibration_plan(pipe, SMALL, row, path) == path and path.read_text() == before
     labels = [r.label for r in quality.grid_rows("video", False, 1, "calibrate")]
     assert "auto density=0.35 calibrated" in labels and "auto density=0.25" in labels
+
+
+def test_an_interrupted_table_resumes_from_its_saved_rows_and_only_with_the_same_settings(tmp_path):
+    argv = ["--proxy", "video", "--untrained", "--quick", "--size", "2x32x64", "--block-size", "16"]
+    argv += ["--steps", "2", "--warmup", "1", "--only", "topk d=0.25", "--out", str(tmp_path)]
+    first = quality.main(argv)
+    measured = next(r for r in first if r.label == "topk d=0.25").result
+    folder = tmp_path / "quality_video_untrained_quick.partial"
+    assert not folder.exists()  # removed once the table is written
+
+    # A run that stopped after this row left it saved: a resumed run takes it instead of
+    # measuring again (the planted PSNR shows which), a run with other settings does not.
+    def plant(settings):
+        row = quality.Row("topk d=0.25", "topk", result=dict(measured, psnr=123.0))
+        quality.Checkpoint(folder, dict(vars(settings), seeds=[0]), resume=False).save(row, None)
+
+    def psnr(rows):
+        return next(r for r in rows if r.label == "topk d=0.25").result["psnr"]
+
+    plant(quality.parse_args(argv))
+    assert psnr(quality.main([*argv, "--resume"])) == 123.0
+    assert psnr(quality.main(argv)) == pytest.approx(measured["psnr"])  # without --resume: measured
+    plant(quality.parse_args(argv))
+    assert psnr(quality.main([*argv, "--guidance", "2.0", "--resume"])) != 123.0
