@@ -112,8 +112,9 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "proxy"
     assert train(["image", "--minutes", "0.05", "--out", str(out), "--checkpoint-minutes", "0"]) == 0
     first = json.loads((out / "image.json").read_text())["steps"]
-    # A second run with a longer budget continues from the saved step count.
-    assert train(["image", "--minutes", "0.1", "--out", str(out)]) == 0
+    # A second run with a longer budget continues from the saved step count. The first run can
+    # overshoot its 3 s by a slow step on a loaded machine, so the second gets a clear margin.
+    assert train(["image", "--minutes", "0.25", "--out", str(out)]) == 0
     second = json.loads((out / "image.json").read_text())["steps"]
     assert second > first
     assert (out / "image.safetensors").exists()
