@@ -50,6 +50,8 @@ from dit_accel.quality import psnr, relative_l2, ssim  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 WARMUP = 5  # dense warm-up steps of baseline (b), of 20 (the issue's measurement)
 DENSITIES = (0.125, 0.25, 0.5)
+#: Shortest refresh intervals of the residual swept by ``--grid refresh`` (steps; the default is 5).
+REFRESH_INTERVALS = (2, 3, 5, 10, 40)
 
 
 @dataclass
@@ -70,7 +72,8 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
     ``grid``: "methods" (every method at its default, at its reference preset and over its
     knobs, and ``auto`` over its budget), "combinations" (every planner with every correction),
     "auto" (the policy over its budget and warm-up share), "calibrate" (``auto`` with and without
-    a calibrated plan) or "all". Knob values are chosen so
+    a calibrated plan), "refresh" (``auto`` on video grids with the residual's shortest refresh
+    interval swept: run it at several ``--steps``) or "all". Knob values are chosen so
     that each method spans the baselines' density range on the proxies' grids (32 blocks per
     sequence); the results file has the realized densities. The baselines are in every grid.
     """
@@ -89,6 +92,16 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
         rows += _auto_rows(kind, densities, quick, sweep=grid != "methods")
     if grid in ("calibrate", "all"):
         rows += _auto_rows(kind, densities, quick, sweep=False) + _calibrated_rows(densities)
+    if grid == "refresh":
+        rows += [
+            Row(
+                f"auto density={d} refresh_every={n}",
+                "auto",
+                {"density": d, "min_tokens": 0, "refresh_every": n},
+            )
+            for d in (0.25, 0.35)
+            for n in REFRESH_INTERVALS
+        ]
     return rows
 
 
@@ -555,6 +568,9 @@ def resolve_row(row: Row, call: dict, block_size: int | None, kind: str) -> None
         row.options.setdefault("tile", fit_tile(default_tile(row.options.get("block_size", 128)), (1, 2, 2)))
     if row.options.get("correction") == "rectify_per_block":
         row.options["correction"] = dit_accel.RectifyCorrection(mode="per_block")
+    if "refresh_every" in row.options and row.method == "auto":
+        every = row.options.pop("refresh_every")
+        row.options["correction"] = dit_accel.RettentionCorrection(warmup_fraction=0.0, refresh_every=every)
     if row.options.get("base_resolution") == "half":
         row.options["base_resolution"] = (call["height"] // 2, call["width"] // 2)
         row.options.setdefault("vae_scale_factor", 4)
@@ -608,7 +624,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--option", action="append", default=[], help="extra config field for every method row"
     )
     parser.add_argument(
-        "--grid", choices=("methods", "combinations", "auto", "calibrate", "all"), default="methods"
+        "--grid",
+        choices=("methods", "combinations", "auto", "calibrate", "refresh", "all"),
+        default="methods",
     )
     parser.add_argument(
         "--auto-density",

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import dit_accel
 from benchmarks import quality
 from benchmarks.proxies.models import build_proxy
 
@@ -148,3 +149,19 @@ def test_an_interrupted_table_resumes_from_its_saved_rows_and_only_with_the_same
     assert psnr(quality.main(argv)) == pytest.approx(measured["psnr"])  # without --resume: measured
     plant(quality.parse_args(argv))
     assert psnr(quality.main([*argv, "--guidance", "2.0", "--resume"])) != 123.0
+
+
+def test_refresh_rows_give_auto_the_residual_with_their_interval_and_change_its_schedule():
+    from dit_accel.methods.auto import schedule
+
+    rows = [r for r in quality.grid_rows("video", False, 5, "refresh") if "refresh_every" in r.label]
+    assert {r.options["refresh_every"] for r in rows} == set(quality.REFRESH_INTERVALS)
+    row = next(r for r in rows if r.options["refresh_every"] == 10)
+    quality.resolve_row(row, {}, None, "video")
+    correction = row.options["correction"]
+    assert "refresh_every" not in row.options
+    assert isinstance(correction, dit_accel.RettentionCorrection) and correction.refresh_every == 10
+    assert correction.warmup_fraction == 0.0  # auto pays its refreshes from the budget
+    # The interval is the shortest the budget may use: 20 steps at 0.35 refresh every 5 or every 10.
+    assert schedule(0.35, 20, 0.0, None, 5)[1] == 5
+    assert schedule(0.35, 20, 0.0, None, 10)[1] == 10
