@@ -73,7 +73,7 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
     knobs, and ``auto`` over its budget), "combinations" (every planner with every correction),
     "auto" (the policy over its budget and warm-up share), "calibrate" (``auto`` with and without
     a calibrated plan), "refresh" (``auto`` on video grids with the residual's shortest refresh
-    interval swept: run it at several ``--steps``) or "all". Knob values are chosen so
+    interval swept, to run at several ``--steps``, and its drift off) or "all". Knob values are chosen so
     that each method spans the baselines' density range on the proxies' grids (32 blocks per
     sequence); the results file has the realized densities. The baselines are in every grid.
     """
@@ -101,6 +101,10 @@ def grid_rows(kind: str, quick: bool, warmup: int, grid: str = "methods") -> lis
             )
             for d in (0.25, 0.35)
             for n in REFRESH_INTERVALS
+        ]
+        rows += [  # the residual's drift (Re-ttention's 0.04 per step since the refresh) switched off
+            Row(f"auto density={d} drift=0.0", "auto", {"density": d, "min_tokens": 0, "drift": 0.0})
+            for d in (0.35, 0.5)
         ]
     return rows
 
@@ -568,9 +572,9 @@ def resolve_row(row: Row, call: dict, block_size: int | None, kind: str) -> None
         row.options.setdefault("tile", fit_tile(default_tile(row.options.get("block_size", 128)), (1, 2, 2)))
     if row.options.get("correction") == "rectify_per_block":
         row.options["correction"] = dit_accel.RectifyCorrection(mode="per_block")
-    if "refresh_every" in row.options and row.method == "auto":
-        every = row.options.pop("refresh_every")
-        row.options["correction"] = dit_accel.RettentionCorrection(warmup_fraction=0.0, refresh_every=every)
+    residual = {k: row.options.pop(k) for k in ("refresh_every", "drift") if k in row.options}
+    if residual:  # the refresh grid's ``auto`` rows: the video correction with these fields
+        row.options["correction"] = dit_accel.RettentionCorrection(warmup_fraction=0.0, **residual)
     if row.options.get("base_resolution") == "half":
         row.options["base_resolution"] = (call["height"] // 2, call["width"] // 2)
         row.options.setdefault("vae_scale_factor", 4)
