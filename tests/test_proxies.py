@@ -80,7 +80,7 @@ def test_class_ids_accept_names_and_indices_and_refuse_the_rest():
     ("name", "weights", "size", "grid"),
     [
         ("video", None, dict(num_frames=2, height=32, width=64), (2, 4, 8)),
-        ("video", "candidates/video_qk2.safetensors", dict(num_frames=2, height=32, width=64), (2, 4, 8)),
+        ("video", "previous/video_v1.safetensors", dict(num_frames=2, height=32, width=64), (2, 4, 8)),
         ("image", None, dict(height=64, width=64), (8, 8)),
     ],
 )

@@ -2,8 +2,8 @@
 number of kept key blocks keeps, measured on the first denoising step of the first generation,
 then the budget spent where it keeps the most.
 
-Why: heads differ. On the video proxy one head keeps 89 % of its mass in a tenth of the key blocks
-while others are near uniform (``benchmarks/results/proxy_video_structure.md``); a uniform
+Why: heads differ. On the first video proxy one head kept 89 % of its mass in a tenth of the key blocks
+while others were near uniform (``benchmarks/results/proxy_video_v1_structure.md``); a uniform
 per-head count spends the same blocks on both. A *curve* per head (mass kept by the best 1, 2, ...
 ``n`` blocks in the planner's ranking, mean over query blocks) is all the allocation needs, and it
 does not depend on the budget, so the JSON keeps curves and any budget is allocated from them.
