@@ -123,8 +123,8 @@ def _auto_rows(kind: str, densities: tuple[float, ...], quick: bool, sweep: bool
     if sweep:
         rows += [
             Row(f"auto density={d} warmup_share={w}", "auto", {"density": d, "warmup_share": w, **always})
-            for d in (0.25, 0.5)
-            for w in (0.0, 0.25, 0.75)
+            for d in (0.25, 0.35, 0.5, 0.75)
+            for w in (0.0, 0.25, 0.5, 0.75)
         ]
         other = "rectify" if kind == "video" else "rettention"
         rows += [

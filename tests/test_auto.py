@@ -10,7 +10,7 @@ import torch
 
 import dit_accel
 from dit_accel import AutoConfig
-from dit_accel.methods.auto import MIN_SPARSE_DENSITY, schedule
+from dit_accel.methods.auto import MIN_SPARSE_DENSITY, VIDEO_WARMUP_SHARES, schedule, video_warmup_share
 
 
 @pytest.mark.parametrize("density", [0.1, 0.25, 0.35, 0.5, 0.9])
@@ -50,6 +50,36 @@ def test_schedule_keeps_a_caller_fixed_warmup_and_handles_unknown_step_counts():
     assert schedule(0.5, 10, 0.5, 4) == (4, 0, pytest.approx(1 / 6))
     assert schedule(0.3, None, 0.5, None) == (0, 0, 0.3)
     assert schedule(0.3, 4, 0.5, 9) == (4, 0, 1.0)  # more dense steps than steps: all dense
+
+
+def test_video_warmup_share_follows_the_measured_points_and_is_flat_outside_them():
+    for budget, share in VIDEO_WARMUP_SHARES:
+        assert video_warmup_share(budget) == pytest.approx(share)
+    assert video_warmup_share(0.1) == VIDEO_WARMUP_SHARES[0][1] == 0.0  # small budgets: no warm-up
+    assert video_warmup_share(1.0) == VIDEO_WARMUP_SHARES[-1][1]
+    assert video_warmup_share(0.3) == pytest.approx(0.125)  # halfway between 0.25 and 0.35
+    shares = [video_warmup_share(b / 100) for b in range(5, 101)]
+    assert shares == sorted(shares)  # more budget never buys a smaller share
+
+
+@pytest.mark.parametrize(
+    ("grid", "density", "warm"), [((4, 8, 8), 0.5, 5), ((4, 8, 8), 0.25, 0), ((1, 16, 16), 0.5, 0)]
+)
+def test_auto_warms_up_video_grids_by_budget_and_leaves_images_without(grid, density, warm):
+    from dit_accel.context import AttentionContext, CallContext, LayerContext
+
+    method = dit_accel.methods.build_method(AutoConfig(block_size=16, density=density, min_tokens=0))
+    phases = [
+        method.phase(AttentionContext(CallContext(grid, "none", s, 20, "cond", "t"), LayerContext("b", 0)))[0]
+        for s in range(20)
+    ]
+    # 20 steps: 0.5 x 0.5 x 20 = 5 dense warm-up steps on video, then the residual's first refresh.
+    assert phases[:warm] == ["dense"] * warm and phases[warm] != "dense"
+    explicit = dit_accel.methods.build_method(
+        AutoConfig(block_size=16, density=density, min_tokens=0, warmup_share=0.0)
+    )
+    context = AttentionContext(CallContext(grid, "none", 0, 20, "cond", "t"), LayerContext("b", 0))
+    assert explicit._schedule(context)[0] == 0  # an explicit share wins
 
 
 def test_auto_is_the_default_method_and_leaves_short_sequences_exactly_dense():

@@ -4,20 +4,21 @@ made from measurements.
 Within a budget ``density`` (the target mean fraction of dense attention compute over steps,
 dense steps counting 1), ``auto`` runs the regime that measured best for the grid:
 
-- **video grids** (more than one latent frame; the Wan proxy): pooled top-k over ``topk``'s
+- **video grids** (more than one latent frame; the Wan proxy): dense warm-up steps for a share
+  of the budget that grows with it (``VIDEO_WARMUP_SHARES``), then pooled top-k over ``topk``'s
   tiles, corrected with Re-ttention's residual: every ``refresh_every`` steps one dense step
   caches, per row, the kept share of the softmax mass and the residual, which the sparse steps
-  in between add back. The refreshes are paid from the budget.
+  in between add back. Warm-up and refreshes are paid from the budget.
 - **one-frame grids** (images; the PixArt proxy): tokens along Rectified SpaAttn's 3D curve
   (compact blocks), for every query block the blocks it touches plus the best-scoring ones so
   that exactly the budget's share is computed, and per-row rectification (the dropped blocks'
   pooled contribution, renormalised with the kernel's exact row sum).
 
-A ``warmup_share`` of the budget can buy dense warm-up steps instead; the measured best share is
-0. Each piece is the best measured on the trained proxies (``benchmarks/results/quality_*.md``:
-the "auto" rows against every method and both top-k baselines). Below ``min_tokens`` no sparse
-kernel beats the backend's dense attention, so every call stays exactly dense and the report
-says why.
+A ``warmup_share`` of the budget buys dense warm-up steps; the measured best share is 0 on
+one-frame grids and rises with the budget on video grids. Each piece is the best measured on the
+trained proxies (``benchmarks/results/quality_*.md``: the "auto" rows against every method and
+both top-k baselines). Below ``min_tokens`` no sparse kernel beats the backend's dense attention,
+so every call stays exactly dense and the report says why.
 """
 
 from __future__ import annotations
@@ -43,10 +44,17 @@ from .topk import TopK, top_k_mask
 #: image proxy (``benchmarks/results/quality_image_auto.md``): below 0.35 each 0.1 of density buys
 #: about 3.4 dB, above it 2.4 dB.
 BALANCED_DENSITY = 0.35
-#: Share of the budget spent on dense warm-up steps. Measured on the image proxy at equal density
-#: (``benchmarks/results/quality_image_auto.md``): 0 beats 0.25 and 0.75 at budget 0.25 and ties
-#: 0.25 at 0.5.
+#: Share of the budget spent on dense warm-up steps on one-frame grids. Measured on the image
+#: proxy at equal density (``benchmarks/results/quality_image_auto.md``): 0 beats 0.25 and 0.75 at
+#: budget 0.25 and ties 0.25 at 0.5.
 WARMUP_SHARE = 0.0
+#: The same on video grids, by budget: (budget, share) points, linear in between, constant
+#: outside. On the video proxy (``benchmarks/results/quality_video_auto.md``, 20 steps, shares 0,
+#: 0.25, 0.5 and 0.75 at each budget) the best share rises with the budget: 0 at 0.25 (26.80 dB;
+#: 0.25: 25.15), 0.25 at 0.35 (29.54; 0: 28.15), 0.5 at 0.5 (31.72; 0: 28.78) and 0.75 at 0.75
+#: (39.61; 0.5: 38.70; 0: 28.80). The first steps decide a video's trajectory: without them PSNR
+#: stops rising above 0.5 while the per-step error keeps falling.
+VIDEO_WARMUP_SHARES = ((0.25, 0.0), (0.35, 0.25), (0.5, 0.5), (0.75, 0.75))
 #: Sparse steps never go below this density (fewer kept blocks than this lose the picture).
 MIN_SPARSE_DENSITY = 0.05
 #: Sequence length below which the block-sparse path loses to dense attention, per backend:
@@ -68,7 +76,9 @@ class AutoConfig(SparseAttentionConfig):
             break-even of the backend in use (``BREAK_EVEN_TOKENS``: 20,000 on CUDA with the
             Triton kernel, 8,192 on the CPU's PyTorch path). 0 = always sparse.
         warmup_share: share of the budget spent on dense warm-up steps (the rest on top-k
-            blocks on the other steps). None = ``WARMUP_SHARE``.
+            blocks on the other steps). None = the measured best per grid: ``WARMUP_SHARE`` (0)
+            on one-frame grids, ``video_warmup_share(density)`` on video grids (0 up to 0.25,
+            0.25 at 0.35, then equal to the budget up to 0.75).
         dense_steps: None (default) = from the budget (``warmup_share``); a number fixes them.
         dense_layers: layers that always stay dense (none by default; not counted in the budget).
         correction: "default" = per grid, the measured best: Re-ttention's residual on video
@@ -152,6 +162,17 @@ def schedule(
     return warm, every, min(1.0, max(MIN_SPARSE_DENSITY, sparse))
 
 
+def video_warmup_share(budget: float) -> float:
+    """The warm-up share of a budget on video grids: ``VIDEO_WARMUP_SHARES`` interpolated."""
+    points = VIDEO_WARMUP_SHARES
+    if budget <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if budget <= x1:
+            return y0 + (y1 - y0) * (budget - x0) / (x1 - x0)
+    return points[-1][1]
+
+
 def _near(grid: tuple[int, int, int], block_size: int, device: torch.device) -> tuple[torch.Tensor, float]:
     """The touching-blocks mask of a grid and its mean count per row (read once per grid)."""
     near = block_neighbours(grid, block_size, device)
@@ -227,8 +248,14 @@ class Auto(TopK):
         corrector = self.corrector_for(context)
         return corrector.config.refresh_every if isinstance(corrector, RettentionCorrector) else 0
 
+    def warmup_share(self, context: AttentionContext) -> float:
+        """The configured warm-up share, or the measured best for the grid and budget."""
+        if self.config.warmup_share is not None:
+            return self.config.warmup_share
+        return video_warmup_share(self.budget()) if self.is_video(context) else WARMUP_SHARE
+
     def _schedule(self, context: AttentionContext) -> tuple[int, int, float]:
-        share = WARMUP_SHARE if self.config.warmup_share is None else self.config.warmup_share
+        share = self.warmup_share(context)
         dense_steps = self.config.dense_steps
         if self.calibrating(context):  # the measured steps are dense, paid from the budget
             warm = (
