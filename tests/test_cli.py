@@ -210,7 +210,7 @@ def test_bench_commands_run_at_toy_sizes(tmp_path, monkeypatch):
             "--device",
             "cpu",
             "--steps",
-            "2",  # window3d's video default (the residual) runs its first step dense
+            "2",  # a refreshing correction would make a first step dense: two steps measure a sparse one
             "--cases",
             "wan21",
             "--methods",

@@ -103,13 +103,15 @@ class RettentionCorrection(CorrectionConfig):
 
 
 CORRECTIONS = {"rectify": RectifyCorrection, "rettention": RettentionCorrection}
-#: The default correction on video grids (more than one latent frame) of ``auto``, ``window3d``,
-#: ``vmoba``'s fast mode and ``rectified``: Re-ttention's residual, refreshed every 5 steps from
-#: the first sparse step (no warm-up of its own: ``auto`` pays its refreshes from the budget, the
-#: others keep their own warm-up). Measured on the video proxy: on every planner it beats top-k
-#: with warm-up at equal density by 3.2-4.1 dB, while per-row rectification moves PSNR by -0.3 to
-#: +0.3 dB and raises the teacher-forced error (``benchmarks/results/quality_video_combinations.md``);
-#: in ``auto`` it gained more than 6 dB (``auto_video_exploration.md``).
+#: The default correction on video grids (more than one latent frame) of ``auto``, ``vmoba``'s
+#: fast mode and ``rectified``: Re-ttention's residual, refreshed every 5 steps from the first
+#: sparse step (no warm-up of its own: ``auto`` pays its warm-up and refreshes from the budget,
+#: the others keep their own warm-up). On the shipped video proxy (``quality_video.md``) it lifts
+#: VMoBA's default 2.6 dB over top-k and ``auto``'s 3.0-4.0 dB at 0.25-0.35, and per-row
+#: rectification in its place loses 3.0-3.9 dB in ``auto`` (``quality_video_auto.md``); without
+#: dense warm-up it stops near 28.8 dB, which is why ``auto`` warms up and ``window3d`` (31.4 dB
+#: bare) does not use it. On the previous proxy it beat top-k with warm-up by 3.2-4.1 dB on every
+#: planner (``quality_video_combinations.md``).
 VIDEO_CORRECTION = RettentionCorrection(warmup_fraction=0.0)
 
 

@@ -77,9 +77,10 @@ class VMoBAConfig(SparseAttentionConfig):
         query_slice: queries per slice when selecting in "query_head" scope (bounds memory).
         correction: "default" = in fast mode, per-row rectification on one-frame grids
             (measured: +13 dB over bare fast-mode VMoBA at equal density on the image proxy) and
-            Re-ttention's residual on video grids (``VIDEO_CORRECTION``: +8.1 dB over top-k with
-            warm-up at equal density, ``benchmarks/results/quality_video_defaults.md``); none
-            in parity mode and under ``preset="reference"``.
+            Re-ttention's residual on video grids (``VIDEO_CORRECTION``: +2.6 dB over top-k and
+            +4.5 dB over top-k with warm-up at equal density on the video proxy,
+            ``benchmarks/results/quality_video.md``); none in parity mode and under
+            ``preset="reference"``.
     """
 
     method: ClassVar[str] = "vmoba"
