@@ -33,7 +33,9 @@ from dit_accel.render import DEMO_METHOD_OPTIONS  # noqa: E402
 
 PROMPTS = [
     f"{c} {s} moving {d}"
-    for c, s, d in zip(list(COLOURS) * 2, ["square", "circle"] * 4, list(DIRECTIONS) * 2, strict=True)
+    # every colour and every direction with both shapes (alternating shapes would repeat the first
+    # four prompts: four colours and four directions cycle together)
+    for c, s, d in zip(list(COLOURS) * 2, ["square"] * 4 + ["circle"] * 4, list(DIRECTIONS) * 2, strict=True)
 ]
 METHODS = ["auto", "dense", "window3d", "vmoba", "rettention", "rectified", "freeswim"]
 
