@@ -49,7 +49,7 @@ from dit_accel.quality import psnr, relative_l2, ssim  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 WARMUP = 5  # dense warm-up steps of baseline (b), of 20 (the measurement)
-DENSITIES = (0.125, 0.25, 0.5)
+DENSITIES = (0.125, 0.25, 0.5, 0.75)
 #: Shortest refresh intervals of the residual swept by ``--grid refresh`` (steps; the default is 5).
 REFRESH_INTERVALS = (2, 3, 5, 10, 40)
 
@@ -170,22 +170,37 @@ def _method_rows(kind: str, quick: bool, warmup: int) -> list[Row]:
         )
     windows = _windows(kind)
     rows += [Row(f"window3d window={w}", "window3d", {"window": w}) for w in windows]
-    rows += [
-        Row(f"window3d window={w} +{warmup} dense", "window3d", {"window": w, "dense_steps": warmup})
-        for w in windows[:2]
-    ]
+    if kind == "video":  # the default window takes Re-ttention's correction with its warm-up
+        bare = {"correction": None}
+        rows += [
+            Row(f"window3d default + none +{warmup} dense", "window3d", {**bare, "dense_steps": warmup}),
+            *(Row(f"window3d window={w} + none", "window3d", {"window": w, **bare}) for w in windows[::2]),
+        ]
+    else:  # per-row rectification with dense warm-up steps
+        rows += [
+            Row(f"window3d window={w} +{warmup} dense", "window3d", {"window": w, "dense_steps": warmup})
+            for w in windows[:2]
+        ]
     rows += [Row(f"vmoba threshold={t}", "vmoba", {"threshold": t}) for t in (0.1, 0.5)]
+    if kind == "video":  # VMoBA's residual refreshes from the first step: with dense warm-up steps
+        warm = {"dense_steps": warmup}
+        rows += [
+            Row(f"vmoba default +{warmup} dense", "vmoba", dict(warm)),
+            Row(f"vmoba threshold=0.1 +{warmup} dense", "vmoba", {**warm, "threshold": 0.1}),
+        ]
     rows += [Row(f"rettention sparsity={s}", "rettention", {"sparsity": s}) for s in (0.125, 0.25)]
     rows += [Row(f"rectified drop={r}", "rectified", {"sa_drop_rate": r}) for r in (0.875, 0.5)]
-    no_warmup = {"dense_steps": 0, "dense_layers": ()}
+    no_dense = {"dense_steps": 0, "dense_layers": ()}
     rows += [
-        Row(f"rectified drop={r} no warm-up", "rectified", {"sa_drop_rate": r, **no_warmup})
+        Row(f"rectified drop={r} no dense steps", "rectified", {"sa_drop_rate": r, **no_dense})
         for r in (0.75, 0.5)
     ]
     per_row = {"rectify": "per_row", "gapr": False}
     rows += [
         Row(
-            f"rectified per_row drop={r} no warm-up", "rectified", {"sa_drop_rate": r, **per_row, **no_warmup}
+            f"rectified per_row drop={r} no dense steps",
+            "rectified",
+            {"sa_drop_rate": r, **per_row, **no_dense},
         )
         for r in (0.875, 0.75, 0.5)
     ]

@@ -34,13 +34,17 @@ def main(argv: list[str] | None = None) -> int:
             pipe.to(device)
             dense = tp.run(pipe, kwargs)
             pipe.enable_sparse_attention(
-                "window3d", block_size=64, window=(64, 64, 64), kernel_backend="triton"
+                "window3d", block_size=64, window=(64, 64, 64), kernel_backend="triton", correction=None
             )
             full = tp.run(pipe, kwargs)
-            pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4), kernel_backend="triton")
+            pipe.enable_sparse_attention(
+                "window3d", block_size=16, window=(1, 4, 4), kernel_backend="triton", correction=None
+            )
             small = tp.run(pipe, kwargs)
             density = pipe.sparse_attention_report().mean_density
-            pipe.enable_sparse_attention("window3d", block_size=16, window=(1, 4, 4), kernel_backend="torch")
+            pipe.enable_sparse_attention(
+                "window3d", block_size=16, window=(1, 4, 4), kernel_backend="torch", correction=None
+            )
             small_ref = tp.run(pipe, kwargs)
             pipe.disable_sparse_attention()
             e_full, e_small = rel(full, dense), rel(small, small_ref)

@@ -223,30 +223,34 @@ def test_the_reference_preset_restores_the_papers_fields_and_family_tables():
 
 
 @pytest.mark.parametrize(
-    ("config", "residual_on_video"),
+    ("config", "warmed_up"),
     [
-        (Window3DConfig(window=(2, 4, 4), block_size=16), False),
-        (VMoBAConfig(block_size=16), True),
+        (Window3DConfig(window=(2, 4, 4), block_size=16), True),
+        (VMoBAConfig(block_size=16), False),
         (RectifiedSpaAttnConfig(block_size=16, dense_steps=0), True),
     ],
     ids=["window3d", "vmoba", "rectified"],
 )
 def test_video_grids_default_to_their_measured_correction_and_images_to_per_row_rectification(
-    config, residual_on_video
+    config, warmed_up
 ):
-    from dit_accel.methods.corrections import VIDEO_CORRECTION, Rectify, Rettention
+    from dit_accel.methods.corrections import VIDEO_CORRECTION, Rectify, Rettention, RettentionCorrection
 
     method = build_method(config)
     video, image = context((4, 8, 8)), context((1, 16, 16))
     assert isinstance(method.corrector_for(image), Rectify)
-    if residual_on_video:
-        assert isinstance(method.corrector_for(video), Rettention)
+    assert isinstance(method.corrector_for(video), Rettention)  # the residual on every video grid
+    if warmed_up:  # window3d, rectified: Re-ttention's own warm-up (30 % of 10 steps dense) first
+        assert method.corrector_for(video).config == RettentionCorrection()
+        assert [method.phase(context((4, 8, 8), step=s))[0] for s in (0, 2, 3)] == [
+            "dense",
+            "dense",
+            "refresh",
+        ]
+    else:  # vmoba: refreshes from the first sparse step
         assert method.corrector_for(video).config == VIDEO_CORRECTION
-        assert VIDEO_CORRECTION.warmup_fraction == 0.0  # refreshes from the first sparse step
+        assert VIDEO_CORRECTION.warmup_fraction == 0.0
         assert method.phase(context((4, 8, 8), step=0)) == ("refresh", 0)
-    else:  # the window: bare on video (measured best on the concentrated proxy)
-        assert method.corrector_for(video) is None
-        assert method.phase(context((4, 8, 8), step=0)) == ("sparse", 0)
     for explicit in ("rectify", None):  # an explicit choice applies to every grid
         chosen = build_method(config.replace(correction=explicit))
         assert chosen.corrector_for(video) is chosen.corrector_for(image)

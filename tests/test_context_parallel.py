@@ -16,9 +16,10 @@ import torch
 import torch.multiprocessing as mp
 
 METHODS = {
-    "window3d": dict(block_size=16, window=(1, 4, 4)),
+    # the bare window and rectification: their video defaults warm up densely for 30 % of the steps
+    "window3d": dict(block_size=16, window=(1, 4, 4), correction=None),
     "vmoba": dict(block_size=16),
-    "rectified": dict(block_size=16, dense_steps=0, dense_layers=()),
+    "rectified": dict(block_size=16, dense_steps=0, dense_layers=(), correction="rectify"),
     "rettention": dict(block_size=16, sparsity=0.2, warmup_fraction=0.0),
     "freeswim": dict(block_size=16, base_resolution=(80, 112)),
 }

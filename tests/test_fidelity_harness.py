@@ -29,7 +29,8 @@ def test_compare_dense_is_exact_and_window_is_sparse():
     pipe, call = tp.build_wan21()
     dense = fidelity.compare(pipe, call, "dense")
     assert dense["relative_l2"] < 1e-6 and dense["mean_density"] == 1.0
-    sparse = fidelity.compare(pipe, call, "window3d", block_size=16, window=(1, 4, 4))
+    # the bare window (its video default warms up densely for 30 % of the steps)
+    sparse = fidelity.compare(pipe, call, "window3d", block_size=16, window=(1, 4, 4), correction=None)
     assert sparse["mean_density"] < 0.5
     assert 0 < sparse["relative_l2"] < 1 and math.isfinite(sparse["psnr_db"])
     # The harness leaves the pipeline as it found it.

@@ -295,14 +295,24 @@ def test_family_defaults_pick_dense_steps_and_layers():
         return RectifiedSpaAttn(resolved(RectifiedSpaAttnConfig(**fields), family))
 
     grid = (2, 4, 4)
-    assert method("Wan").keeps_dense(context(grid, "none", "Wan", step=4, layer=7))  # 5 dense steps
-    assert method("Wan").keeps_dense(context(grid, "none", "Wan", step=9, layer=1))  # layers 0-1
-    assert not method("Wan").keeps_dense(context(grid, "none", "Wan", step=5, layer=2))
-    assert not method("HunyuanVideo").keeps_dense(context(grid, "last", "HunyuanVideo", step=0, layer=0))
+    reference = method("Wan", preset="reference")  # the reference scripts' schedule
+    assert reference.keeps_dense(context(grid, "none", "Wan", step=4, layer=7))  # 5 dense steps
+    assert reference.keeps_dense(context(grid, "none", "Wan", step=9, layer=1))  # layers 0-1
+    assert not reference.keeps_dense(context(grid, "none", "Wan", step=5, layer=2))
+    # dit-accel's Wan default: none of its own; its video correction warms up instead (3 of 10 steps)
+    default = method("Wan")
+    assert (default.config.dense_steps, default.config.dense_layers) == (0, ())
+    assert [default.keeps_dense(context(grid, "none", "Wan", step=s, layer=1)) for s in (2, 3, 9)] == [
+        True,
+        False,
+        False,
+    ]
+    assert method("HunyuanVideo").config.dense_steps == 0  # (the video correction's warm-up aside)
+    assert not method("HunyuanVideo").keeps_dense(context(grid, "last", "HunyuanVideo", step=5, layer=0))
     assert method("CogVideoX").keeps_dense(context(grid, "first", "CogVideoX", step=4, layer=0))
     assert method("HunyuanVideo").drop_rate() == 0.8
     explicit = method("Wan", dense_steps=0, dense_layers=(3,), sa_drop_rate=0.5)
-    assert not explicit.keeps_dense(context(grid, "none", "Wan", step=0, layer=0))
+    assert not explicit.keeps_dense(context(grid, "none", "Wan", step=5, layer=0))
     assert explicit.keeps_dense(context(grid, "none", "Wan", step=9, layer=3))
     assert explicit.drop_rate() == 0.5
 

@@ -103,15 +103,15 @@ class RettentionCorrection(CorrectionConfig):
 
 
 CORRECTIONS = {"rectify": RectifyCorrection, "rettention": RettentionCorrection}
-#: The default correction on video grids (more than one latent frame) of ``auto``, ``vmoba``'s
-#: fast mode and ``rectified``: Re-ttention's residual, refreshed every 5 steps from the first
-#: sparse step (no warm-up of its own: ``auto`` pays its warm-up and refreshes from the budget,
-#: the others keep their own warm-up). On the shipped video proxy (``quality_video.md``) it lifts
-#: VMoBA's default 2.6 dB over top-k and ``auto``'s 3.0-4.0 dB at 0.25-0.35, and per-row
-#: rectification in its place loses 3.0-3.9 dB in ``auto`` (``quality_video_auto.md``); without
-#: dense warm-up it stops near 28.8 dB, which is why ``auto`` warms up and ``window3d`` (31.4 dB
-#: bare) does not use it. On the previous proxy it beat top-k with warm-up by 3.2-4.1 dB on every
-#: planner (``quality_video_combinations.md``).
+#: The default correction on video grids (more than one latent frame) of ``auto`` and ``vmoba``'s
+#: fast mode: Re-ttention's residual, refreshed every 5 steps from the first sparse step (no
+#: warm-up of its own: ``auto`` pays its warm-up from the budget). On the shipped video proxy
+#: (``quality_video.md``) it lifts VMoBA's default 2.6 dB over top-k and ``auto``'s 3.0-4.0 dB at
+#: 0.25-0.35; per-row rectification in its place loses 3.0-3.9 dB in ``auto``
+#: (``quality_video_auto.md``). Without dense warm-up it stops near 28.8 dB, so ``window3d`` and
+#: ``rectified`` take it with Re-ttention's warm-up (``RettentionCorrection()``, 30 % of the steps
+#: dense on the video families): +2.4 and +3.8 dB over top-k on their selections
+#: (``quality_video_combinations.md``).
 VIDEO_CORRECTION = RettentionCorrection(warmup_fraction=0.0)
 
 
