@@ -32,6 +32,7 @@ import ast
 import datetime
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -416,10 +417,12 @@ def _family(row: Row) -> str:
     if "per_row" in label:
         label = "rectified per_row"
     family = label.split()[0] if "per_row" not in label else label
-    if "+" in row.label and not row.role.startswith("baseline"):
+    if " + none" in row.label:
+        family += " bare"
+    if re.search(r"\+\d+ dense", row.label):
         family += " +warm-up"
-    elif "no warm-up" in row.label:
-        family += " no warm-up"
+    elif "no dense steps" in row.label:
+        family += " no dense steps"
     return family
 
 
@@ -434,6 +437,7 @@ def plot(name: str, rows: list[Row], path: Path) -> None:
         if r.role != "dense" and math.isfinite(r.result["psnr"]):
             curves.setdefault(_family(r), []).append(r)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    colours = iter(plt.get_cmap("tab20").colors)  # more families than tab10 has colours
     for family, members in sorted(curves.items()):
         members.sort(key=lambda r: r.result["density"])
         x = [r.result["density"] for r in members]
@@ -444,6 +448,8 @@ def plot(name: str, rows: list[Row], path: Path) -> None:
             if family.startswith("correction")
             else {}
         )
+        if "color" not in style:
+            style["color"] = next(colours)
         left.plot(x, [r.result["psnr"] for r in members], marker="o", label=family, **style)
         right.plot(x, [r.result["tf_error"] for r in members], marker="o", label=family, **style)
     left.set(xlabel="realized mean density", ylabel="PSNR vs dense (dB)", title=f"{name}: final frames")
