@@ -132,9 +132,10 @@ class RectifiedSpaAttn(SparseMethod):
         )
 
     def own_video_correction(self) -> RectifyCorrection | RettentionCorrection | None:
-        """Video grids: Re-ttention's correction with its own dense warm-up (the family's
-        ``warmup_fraction``), unless the reference preset or an explicit rectification option
-        (``rectify``, ``ipar``, ``gapr``, ``pooled_means``) asks for the paper's correction. On the
+        """Video grids: Re-ttention's correction with its own dense warm-up (30 % of the steps,
+        ``RettentionCorrection``'s default), unless the reference preset or an explicit
+        rectification option (``rectify``, ``ipar``, ``gapr``, ``pooled_means``) asks for the
+        paper's correction. On the
         shipped video proxy, with no dense steps or layers of its own (Wan's default), it gets
         35.8 dB at density 0.61 (+3.8 over top-k), where the reference's 5 dense steps and 2 dense
         layers with the residual got 36.0 at 0.75 (+0.0; ``quality_video.md``,

@@ -86,9 +86,10 @@ class Window3D(SparseMethod):
         return None if self.config.preset == "reference" else RectifyCorrection()
 
     def own_video_correction(self) -> RettentionCorrection | None:
-        """Video grids: Re-ttention's correction with its own dense warm-up (the family's
-        ``warmup_fraction``, 0.3 on Wan). On the shipped video proxy it lifts a (4, 16, 16) window
-        from -4.1 to +2.4 dB against top-k at equal density (``quality_video_combinations.md``);
+        """Video grids: Re-ttention's correction with its own dense warm-up (30 % of the steps:
+        ``RettentionCorrection``'s default, the same as every video family's Re-ttention
+        warm-up). On the shipped video proxy it lifts a (4, 16, 16) window from -4.1 to +2.4 dB
+        against top-k at equal density (``quality_video_combinations.md``);
         without the warm-up the residual stops near 28.8 dB, and the bare window lost 4.6 dB to
         top-k at the default window (``quality_video.md``). The reference preset: the bare window."""
         return None if self.config.preset == "reference" else RettentionCorrection()
