@@ -4,15 +4,18 @@ made from measurements.
 Within a budget ``density`` (the target mean fraction of dense attention compute over steps,
 dense steps counting 1), ``auto`` runs the regime that measured best for the grid:
 
-- **video grids** (more than one latent frame; the Wan proxy): dense warm-up steps for a share
-  of the budget that grows with it (``VIDEO_WARMUP_SHARES``), then pooled top-k over ``topk``'s
-  tiles, corrected with Re-ttention's residual: every ``refresh_every`` steps one dense step
+Every grid takes tokens along Rectified SpaAttn's 3D curve (compact blocks) and keeps, for every
+query block, the blocks it touches plus the best-scoring ones, so that exactly the budget's share
+is computed. Where the touching blocks alone exceed that share the grids part:
+
+- **video grids** (more than one latent frame; the Wan proxy): plain pooled top-k instead; dense
+  warm-up steps for a share of the budget that grows with it (``VIDEO_WARMUP_SHARES``); the
+  output corrected with Re-ttention's residual: every ``refresh_every`` steps one dense step
   caches, per row, the kept share of the softmax mass and the residual, which the sparse steps
   in between add back. Warm-up and refreshes are paid from the budget.
-- **one-frame grids** (images; the PixArt proxy): tokens along Rectified SpaAttn's 3D curve
-  (compact blocks), for every query block the blocks it touches plus the best-scoring ones so
-  that exactly the budget's share is computed, and per-row rectification (the dropped blocks'
-  pooled contribution, renormalised with the kernel's exact row sum).
+- **one-frame grids** (images; the PixArt proxy): the touching blocks first; no warm-up; per-row
+  rectification (the dropped blocks' pooled contribution, renormalised with the kernel's exact
+  row sum).
 
 A ``warmup_share`` of the budget buys dense warm-up steps; the measured best share is 0 on
 one-frame grids and rises with the budget on video grids. Each piece is the best measured on the
@@ -37,7 +40,7 @@ from .calibration import CALIBRATION_STEPS, Calibration, kept_mass_curves
 from .corrections import VIDEO_CORRECTION, RectifyCorrection, RettentionCorrection
 from .corrections import Rettention as RettentionCorrector
 from .curve_order import block_neighbours, curve_order
-from .order import TokenOrder, checked_tile, fit_tile
+from .order import TokenOrder
 from .topk import TopK, top_k_mask
 
 #: The budget when none is given: the knee of ``auto``'s measured PSNR-vs-density curve on the
@@ -49,12 +52,12 @@ BALANCED_DENSITY = 0.35
 #: budget 0.25 and ties 0.25 at 0.5.
 WARMUP_SHARE = 0.0
 #: The same on video grids, by budget: (budget, share) points, linear in between, constant
-#: outside. On the video proxy (``benchmarks/results/quality_video_auto.md``, 20 steps, shares 0,
-#: 0.25, 0.5 and 0.75 at each budget) the best share rises with the budget: 0 at 0.25 (26.80 dB;
-#: 0.25: 25.15), 0.25 at 0.35 (29.54; 0: 28.15), 0.5 at 0.5 (31.72; 0: 28.78) and 0.75 at 0.75
-#: (39.61; 0.5: 38.70; 0: 28.80). The first steps decide a video's trajectory: without them PSNR
-#: stops rising above 0.5 while the per-step error keeps falling.
-VIDEO_WARMUP_SHARES = ((0.25, 0.0), (0.35, 0.25), (0.5, 0.5), (0.75, 0.75))
+#: outside. On the video proxy (20 steps) the best share rises with the budget: 0 at 0.25, 0.25
+#: at 0.35, 0.5 at 0.5 (``benchmarks/results/quality_video_auto.md``: shares 0, 0.25, 0.5 and
+#: 0.75 at each budget), 0.5 at 0.61 (0.35, 0.5 and 0.61 tried) and 0.75 at 0.75 (0.5, 0.6 and
+#: 0.75 tried; ``quality_video_auto_planner.md``). The first steps decide a video's trajectory:
+#: without them PSNR stops rising above 0.5 while the per-step error keeps falling.
+VIDEO_WARMUP_SHARES = ((0.25, 0.0), (0.35, 0.25), (0.5, 0.5), (0.61, 0.5), (0.75, 0.75))
 #: Sparse steps never go below this density (fewer kept blocks than this lose the picture).
 MIN_SPARSE_DENSITY = 0.05
 #: Sequence length below which the block-sparse path loses to dense attention, per backend:
@@ -118,7 +121,6 @@ class AutoConfig(SparseAttentionConfig):
         w = self.warmup_share
         if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < 1):
             raise ValueError(f"warmup_share must be None or lie in [0, 1), got {w!r}")
-        checked_tile(None, self.block_size)  # video grids use topk's tiles: the size needs a default tile
 
 
 def schedule(
@@ -180,14 +182,15 @@ def _near(grid: tuple[int, int, int], block_size: int, device: torch.device) -> 
 
 
 class Auto(TopK):
-    """Two measured regimes, chosen per grid (``correction="default"``):
+    """One planner (curve blocks, the budget-calibrated floor plus the touching blocks) and two
+    measured regimes, chosen per grid (``correction="default"``):
 
-    - **one-frame grids** (images; measured on the PixArt proxy): curve blocks, the budget-
-      calibrated floor plus touching blocks, per-row rectification;
-    - **video grids** (more than one latent frame; measured on the Wan proxy): ``topk``'s tiles
-      and plain pooled top-k, corrected with Re-ttention's residual from dense refresh steps,
-      the refreshes paid from the budget. There, curve blocks lost 1.4-2.5 dB to tiles and
-      per-row rectification lost up to 0.9 dB, while the residual gained more than 6 dB.
+    - **one-frame grids** (images; measured on the PixArt proxy): per-row rectification; below
+      the touching blocks' own share, they come first;
+    - **video grids** (more than one latent frame; measured on the Wan proxy): Re-ttention's
+      residual from dense refresh steps, the refreshes paid from the budget (per-row
+      rectification lost up to 0.9 dB there, the residual gained more than 6 dB); below the
+      touching blocks' own share, plain top-k (the touching blocks first lost 3.8-4.8 dB).
 
     An explicit ``correction=`` applies to both."""
 
@@ -275,42 +278,34 @@ class Auto(TopK):
     def target_density(self, context: AttentionContext) -> float:
         return self._schedule(context)[2]
 
-    def tile(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
-        return fit_tile(checked_tile(None, self.config.block_size), grid)
-
     def order(self, context, device, num_text: int = 0) -> TokenOrder:
-        if self.is_video(context):
-            return super().order(context, device, num_text)
         grid = context.call.grid
         return self.cache.get(("curve", grid, device), lambda: curve_order(grid, device))
 
     def video_blocks(self, scores: torch.Tensor, context) -> torch.Tensor:
-        """The kept key blocks. Video grids: plain top-k (``topk``'s). One-frame grids: for
-        every query block its ``m`` best-scoring blocks plus the blocks it touches, with one ``m``
-        per call chosen so that the mean kept share is the budget (within a block; below the
-        neighbourhood's own share, the neighbours first and exactly the budget per row). Rows
-        whose neighbours already score high keep fewer blocks and the others more, as Rectified
-        SpaAttn's floor-plus-neighbours selection does. Measured on the image proxy at equal
-        density, with per-row rectification: this beats putting the neighbours first in a fixed
-        per-row budget (``quality_image.md``), and curve blocks beat ``topk``'s tiles by 0.7-1.4 dB.
-        No host synchronisation per call: ``m`` is a tensor; the neighbourhood's size is read once
-        per grid."""
+        """The kept key blocks: for every query block its ``m`` best-scoring blocks plus the
+        blocks it touches, with one ``m`` per call chosen so that the mean kept share is the
+        budget (within a block). Rows whose neighbours already score high keep fewer blocks and
+        the others more, as Rectified SpaAttn's floor-plus-neighbours selection does. Below the
+        neighbourhood's own share, exactly the budget per row: the neighbours first on one-frame
+        grids, plain top-k on video grids. Measured at equal density: on the image proxy, with
+        per-row rectification, this beats the neighbours first in a fixed per-row budget
+        (``quality_image.md``) and curve blocks beat ``topk``'s tiles by 0.7-1.4 dB; on the video
+        proxy, with the residual, curve blocks beat tiles by 0.0-0.3 dB and the neighbours add
+        0.1-0.4 dB where they fit, and lose 3.8-4.8 dB first where they do not
+        (``quality_video_auto_planner.md``). No host synchronisation per call: ``m`` is a tensor;
+        the neighbourhood's size is read once per grid."""
         n = scores.shape[-1]
+        video = self.is_video(context)
         counts = self.head_counts(context, n, scores.shape[1])
-        if counts is not None:
-            counts = counts.to(scores.device).view(1, -1, 1, 1)
-        if self.is_video(context):
-            if counts is None:
-                return super().video_blocks(scores, context)
-            return _rank(scores) < counts
         near, near_blocks = self.neighbours(context, scores.device)
         if counts is not None:
-            return _calibrated_blocks(scores, near, near_blocks, counts)
+            counts = counts.to(scores.device).view(1, -1, 1, 1)
+            return _calibrated_blocks(scores, near, near_blocks, counts, near_first=not video)
         density = self.target_density(context)
         k = self.blocks_kept(n, density)
-        if near_blocks > density * n:
-            # Budgets below the neighbourhood's own share: the neighbours first, exactly k per row.
-            return top_k_mask(scores.masked_fill(near, math.inf), k)
+        if near_blocks > density * n:  # below the neighbourhood's own share: exactly k per row
+            return top_k_mask(scores if video else scores.masked_fill(near, math.inf), k)
         rank = _rank(scores)
         m = torch.tensor(float(k), device=scores.device)
         for _ in range(3):  # the overlap with the neighbours shrinks as m does: a few fixed-point steps
@@ -350,7 +345,8 @@ class Auto(TopK):
 
     def measure(self, q, k, v, scale, key_padding_mask, context: AttentionContext) -> None:
         """One calibration call: the kept-mass curves of this layer in the planner's ranking
-        (one-frame grids: the touching blocks first, as they are always kept)."""
+        (one-frame grids: the touching blocks first, as they are always kept; video grids: the
+        scores alone, as below the touching blocks' share they are not)."""
         x, _, _ = self.prepare(q, k, v, self.scale(scale, q), key_padding_mask, context)
         ranking = self.block_scores(x, context)
         if not self.is_video(context):
@@ -378,11 +374,12 @@ def _rank(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _calibrated_blocks(
-    scores: torch.Tensor, near: torch.Tensor, near_blocks: float, counts: torch.Tensor
+    scores: torch.Tensor, near: torch.Tensor, near_blocks: float, counts: torch.Tensor, near_first: bool
 ) -> torch.Tensor:
-    """One-frame grids with calibrated per-head counts (1, H, 1, 1): the uncalibrated selection
-    (touching blocks plus each head's best ``m_h``, ``m_h`` fitted so the mean kept count is the
-    head's), or the touching blocks first and exactly the count where it is below their own."""
+    """The selection with calibrated per-head counts (1, H, 1, 1): the uncalibrated one (touching
+    blocks plus each head's best ``m_h``, ``m_h`` fitted so the mean kept count is the head's),
+    or exactly the count where it is below the touching blocks' own (the touching blocks first
+    with ``near_first``, one-frame grids; plain top-k without, video grids)."""
     n = scores.shape[-1]
     target = counts.to(torch.float32)
     rank = _rank(scores)
@@ -392,7 +389,7 @@ def _calibrated_blocks(
         m = (
             m - (kept.sum(-1, dtype=torch.float32).mean((0, 2), keepdim=True)[..., None] - target).round()
         ).clamp(0, n)
-    few = _rank(scores.masked_fill(near, math.inf)) < counts
+    few = _rank(scores.masked_fill(near, math.inf) if near_first else scores) < counts
     return torch.where(target < near_blocks, few, (rank < m) | near)
 
 

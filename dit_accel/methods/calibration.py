@@ -32,7 +32,7 @@ def kept_mass_curves(x: Operands, ranking: torch.Tensor) -> torch.Tensor:
     bq, bk = x.block_q, x.block_k
     batch, slots, heads, _ = x.q.shape
     n_k = ranking.shape[-1]
-    video_keys = n_k * bk
+    video_keys = x.keys.shape[1] - x.num_text  # without text the last key block may be partial
     order = ranking.argsort(dim=-1, descending=True)  # (B, H, n_q, n_k)
     mass = torch.zeros(batch, heads, -(-slots // bq), n_k, dtype=torch.float32, device=x.q.device)
     bias = torch.zeros(x.key_valid.shape, dtype=torch.float32, device=x.q.device)
@@ -42,7 +42,8 @@ def kept_mass_curves(x: Operands, ranking: torch.Tensor) -> torch.Tensor:
         for start in range(0, slots, _ROWS):
             q = x.q[:, start : start + _ROWS, h].float()
             p = torch.softmax(q @ keys.transpose(-1, -2) * x.scale + bias, dim=-1)
-            p = p[..., :video_keys].reshape(batch, q.shape[1], n_k, bk).sum(-1)
+            p = torch.nn.functional.pad(p[..., :video_keys], (0, n_k * bk - video_keys))
+            p = p.reshape(batch, q.shape[1], n_k, bk).sum(-1)
             p = p * x.video_ok[:, start : start + _ROWS, None]
             rows = torch.arange(start, start + q.shape[1], device=q.device) // bq
             mass[:, h].index_add_(1, rows, p)
