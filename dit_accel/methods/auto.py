@@ -2,11 +2,10 @@
 made from measurements.
 
 Within a budget ``density`` (the target mean fraction of dense attention compute over steps,
-dense steps counting 1), ``auto`` runs the regime that measured best for the grid:
-
-Every grid takes tokens along Rectified SpaAttn's 3D curve (compact blocks) and keeps, for every
-query block, the blocks it touches plus the best-scoring ones, so that exactly the budget's share
-is computed. Where the touching blocks alone exceed that share the grids part:
+dense steps counting 1), ``auto`` runs the regime that measured best for the grid. Every grid
+takes tokens along Rectified SpaAttn's 3D curve (compact blocks) and keeps, for every query
+block, the blocks it touches plus the best-scoring ones, so that exactly the budget's share is
+computed. Where the touching blocks alone exceed that share the grids part:
 
 - **video grids** (more than one latent frame; the Wan proxy): plain pooled top-k instead; dense
   warm-up steps for a share of the budget that grows with it (``VIDEO_WARMUP_SHARES``); the
