@@ -202,3 +202,82 @@ def test_below_the_neighbourhoods_share_the_neighbours_come_first_in_exactly_the
     assert mask.sum(-1).eq(4).all()
     fits = near.sum(-1) <= 4
     assert fits.any() and (mask[:, :, fits] >= near[fits]).all()
+
+
+def test_top_p_curves_count_what_the_top_p_rule_keeps_at_every_p():
+    from dit_accel.methods.auto import P_GRID, _mass_after, _rank, _tail_at, _top_p_curve
+    from dit_accel.methods.curve_order import block_neighbours
+    from dit_accel.methods.pooling import top_p_with_floor
+
+    grid = (4, 8, 8)
+    near = block_neighbours(grid, 16)  # 16 curve blocks
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 3, 16, 16, generator=g) * torch.tensor([0.3, 2.0, 6.0]).view(1, 3, 1, 1)
+    curve = _top_p_curve(_mass_after(scores), _rank(scores), near)
+    mass = torch.softmax(scores.double(), dim=-1)
+    for i in range(P_GRID):  # the oracle: Rectified SpaAttn's rule with a floor of one block, float64
+        kept = top_p_with_floor(mass, 1 - _tail_at(torch.tensor(float(i))).item(), 1) | near
+        assert curve[i].item() == pytest.approx(kept.sum(-1).double().mean().item(), abs=1e-5)
+    assert (curve.diff() >= 0).all() and curve[-1] == 16  # p = 1 keeps every block
+
+
+def test_the_fitted_remaining_mass_interpolates_the_curve_and_stays_in_range():
+    from dit_accel.methods.auto import P_GRID, _tail_at, _tail_for
+
+    assert _tail_at(torch.tensor(0.0)) == 1 and _tail_at(torch.tensor(float(P_GRID))) == 0
+    assert _tail_at(torch.tensor(8.0)) == 0.25  # halving every 4 points
+    curve = torch.linspace(2, 18, P_GRID + 1)  # kept count 2 at p = 0, 18 at p = 1
+    assert _tail_for(curve, 10.0).item() == pytest.approx(2.0 ** (-32 / 4))  # halfway: point 32
+    assert _tail_for(curve, 2.125).item() == pytest.approx(2.0 ** (-0.5 / 4))
+    assert _tail_for(curve, 1.0).item() == 1.0 and _tail_for(curve, 30.0).item() == 0.0
+
+
+def _video_call(step: int, steps: int = 20):
+    from dit_accel.context import CallContext
+
+    return CallContext((4, 16, 16), "none", step, steps, "cond", "transformer")
+
+
+def test_on_video_grids_one_p_spends_the_budget_over_the_layers_and_rows_that_need_it():
+    from dit_accel.context import AttentionContext, LayerContext
+    from dit_accel.methods.curve_order import block_neighbours
+
+    method = dit_accel.methods.build_method(
+        AutoConfig(block_size=16, density=0.9, warmup_share=0.0, min_tokens=0)
+    )
+    near = block_neighbours((4, 16, 16), 16)  # 64 curve blocks
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.randn(1, 2, 64, 64, generator=g) * 3.0  # mass on a few blocks
+    flat = torch.randn(1, 2, 64, 64, generator=g) * 0.05  # mass spread over every block
+    contexts = [AttentionContext(_video_call(3), LayerContext(f"blocks.{i}.attn1", i)) for i in range(2)]
+    target = method.target_density(contexts[0])
+    assert near.sum(-1).float().mean() < target * 64  # the touching blocks fit
+    for _ in range(2):  # the second pass plans each layer with both layers' latest curves
+        masks = [method.video_blocks(s, c) for s, c in zip((sharp, flat), contexts, strict=True)]
+    shares = [m.float().sum(-1).mean().item() / 64 for m in masks]
+    assert all((m >= near).all() for m in masks)
+    assert shares[0] < target < shares[1]  # the flat layer gets more than the budget, the sharp less
+    assert sum(shares) / 2 == pytest.approx(target, abs=2 / 64)
+    method.reset()  # a new generation forgets the curves
+    assert method.curves == {}
+
+
+def test_the_last_warmup_step_records_every_layers_curve_and_stays_exactly_dense():
+    from dit_accel.context import AttentionContext, LayerContext
+    from dit_accel.kernels import dense_attention
+
+    method = dit_accel.methods.build_method(
+        AutoConfig(block_size=16, density=0.9, min_tokens=0, dense_layers=(2,))
+    )
+    warm = method._schedule(AttentionContext(_video_call(0), LayerContext("b", 0)))[0]
+    assert warm > 1
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 1024, 2, 8, generator=g) for _ in range(3))
+    for step in (warm - 2, warm - 1):
+        for i in range(3):
+            context = AttentionContext(_video_call(step), LayerContext(f"blocks.{i}.attn1", i))
+            out, density = method.attend(q, k, v, scale=None, key_padding_mask=None, context=context)
+            assert density == 1.0 and torch.equal(out, dense_attention(q, k, v, scale=8**-0.5))
+        recorded = {key[2] for key in method.curves}
+        # only the last warm-up step records, and not for a layer that stays dense
+        assert recorded == (set() if step < warm - 1 else {"blocks.0.attn1", "blocks.1.attn1"})

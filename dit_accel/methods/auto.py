@@ -4,15 +4,19 @@ made from measurements.
 Within a budget ``density`` (the target mean fraction of dense attention compute over steps,
 dense steps counting 1), ``auto`` runs the regime that measured best for the grid. Every grid
 takes tokens along Rectified SpaAttn's 3D curve (compact blocks) and keeps, for every query
-block, the blocks it touches plus the best-scoring ones, so that exactly the budget's share is
-computed. Where the touching blocks alone exceed that share the grids part:
+block, the blocks it touches plus the best-scoring ones, so that the budget's share is
+computed. The grids part in how the best are counted and in the correction:
 
-- **video grids** (more than one latent frame; the Wan proxy): plain pooled top-k instead; dense
+- **video grids** (more than one latent frame; the Wan proxy): every row keeps its top-p blocks
+  (best first until their estimated share of its mass passes ``p``), with one ``p`` for all
+  layers fitted to the budget, so layers and rows with spread attention get more blocks; where
+  the touching blocks alone exceed the sparse steps' share, plain pooled top-k instead. Dense
   warm-up steps for a share of the budget that grows with it (``VIDEO_WARMUP_SHARES``); the
   output corrected with Re-ttention's residual: every ``refresh_every`` steps one dense step
   caches, per row, the kept share of the softmax mass and the residual, which the sparse steps
   in between add back. Warm-up and refreshes are paid from the budget.
-- **one-frame grids** (images; the PixArt proxy): the touching blocks first; no warm-up; per-row
+- **one-frame grids** (images; the PixArt proxy): every row its ``m`` best blocks, one ``m`` per
+  call; below the touching blocks' own share, the touching blocks first; no warm-up; per-row
   rectification (the dropped blocks' pooled contribution, renormalised with the kernel's exact
   row sum).
 
@@ -57,6 +61,8 @@ WARMUP_SHARE = 0.0
 #: 0.75 tried; ``quality_video_auto_planner.md``). The first steps decide a video's trajectory:
 #: without them PSNR stops rising above 0.5 while the per-step error keeps falling.
 VIDEO_WARMUP_SHARES = ((0.25, 0.0), (0.35, 0.25), (0.5, 0.5), (0.61, 0.5), (0.75, 0.75))
+#: Points of the top-p curves on video grids (``Auto.top_p_blocks``, ``_tail_at``).
+P_GRID = 64
 #: Sparse steps never go below this density (fewer kept blocks than this lose the picture).
 MIN_SPARSE_DENSITY = 0.05
 #: Sequence length below which the block-sparse path loses to dense attention, per backend:
@@ -181,15 +187,16 @@ def _near(grid: tuple[int, int, int], block_size: int, device: torch.device) -> 
 
 
 class Auto(TopK):
-    """One planner (curve blocks, the budget-calibrated floor plus the touching blocks) and two
-    measured regimes, chosen per grid (``correction="default"``):
+    """One planner (curve blocks, the touching blocks plus the best-scoring ones, counted to the
+    budget) and two measured regimes, chosen per grid (``correction="default"``):
 
-    - **one-frame grids** (images; measured on the PixArt proxy): per-row rectification; below
-      the touching blocks' own share, they come first;
-    - **video grids** (more than one latent frame; measured on the Wan proxy): Re-ttention's
-      residual from dense refresh steps, the refreshes paid from the budget (per-row
-      rectification lost up to 0.9 dB there, the residual gained more than 6 dB); below the
-      touching blocks' own share, plain top-k (the touching blocks first lost 3.8-4.8 dB).
+    - **one-frame grids** (images; measured on the PixArt proxy): one count ``m`` per call, per-row
+      rectification; below the touching blocks' own share, they come first;
+    - **video grids** (more than one latent frame; measured on the Wan proxy): every row's top-p
+      blocks with one ``p`` over the layers (``top_p_blocks``), Re-ttention's residual from
+      dense refresh steps, the refreshes paid from the budget (per-row rectification lost up to
+      0.9 dB there, the residual gained more than 6 dB); below the touching blocks' own share,
+      plain top-k (the touching blocks first lost 3.8-4.8 dB).
 
     An explicit ``correction=`` applies to both."""
 
@@ -201,6 +208,8 @@ class Auto(TopK):
         self.calibration = None if c is False else Calibration(None if c is True else c)
         #: Grids whose curves this generation measures (its first step is dense for it).
         self.measuring: set[str] = set()
+        #: Each layer's latest top-p curve in this generation (``top_p_blocks``), by grid and layer.
+        self.curves: dict[tuple, torch.Tensor] = {}
 
     def calibration_key(self, context: AttentionContext) -> str:
         return Calibration.key(context.call.grid, self.config.block_size)
@@ -281,19 +290,21 @@ class Auto(TopK):
         grid = context.call.grid
         return self.cache.get(("curve", grid, device), lambda: curve_order(grid, device))
 
+    def block_scores(self, x, context) -> torch.Tensor:
+        """``topk``'s pooled scores times the softmax scale: pooled logits, whose softmax over a
+        row estimates each key block's share of the row's attention mass (the top-p rule's)."""
+        return super().block_scores(x, context) * x.scale
+
     def video_blocks(self, scores: torch.Tensor, context) -> torch.Tensor:
-        """The kept key blocks: for every query block its ``m`` best-scoring blocks plus the
-        blocks it touches, with one ``m`` per call chosen so that the mean kept share is the
-        budget (within a block). Rows whose neighbours already score high keep fewer blocks and
-        the others more, as Rectified SpaAttn's floor-plus-neighbours selection does. Below the
-        neighbourhood's own share, exactly the budget per row: the neighbours first on one-frame
-        grids, plain top-k on video grids. Measured at equal density: on the image proxy, with
-        per-row rectification, this beats the neighbours first in a fixed per-row budget
-        (``quality_image.md``) and curve blocks beat ``topk``'s tiles by 0.7-1.4 dB; on the video
-        proxy, with the residual, curve blocks beat tiles by 0.0-0.3 dB and the neighbours add
-        0.1-0.4 dB where they fit, and lose 3.8-4.8 dB first where they do not
-        (``quality_video_auto_planner.md``). No host synchronisation per call: ``m`` is a tensor;
-        the neighbourhood's size is read once per grid."""
+        """The kept key blocks: for every query block the blocks it touches plus its best-scoring
+        ones, so that the mean kept share is the budget. Below the neighbourhood's own share,
+        exactly the budget per row: the neighbours first on one-frame grids, plain top-k on video
+        grids (the neighbours first lost 3.8-4.8 dB there, ``quality_video_auto_planner.md``).
+        Above it, one-frame grids keep every row's ``m`` best blocks, one ``m`` per call
+        (``quality_image.md``: this beats the neighbours first in a fixed per-row budget; a top-p
+        rule lost 2-3.5 dB); video grids keep every row's top-p blocks (``top_p_blocks``). No
+        host synchronisation per call: ``m`` and ``p`` are tensors; the neighbourhood's size is
+        read once per grid."""
         n = scores.shape[-1]
         video = self.is_video(context)
         counts = self.head_counts(context, n, scores.shape[1])
@@ -305,6 +316,8 @@ class Auto(TopK):
         k = self.blocks_kept(n, density)
         if near_blocks > density * n:  # below the neighbourhood's own share: exactly k per row
             return top_k_mask(scores if video else scores.masked_fill(near, math.inf), k)
+        if video:
+            return self.top_p_blocks(scores, near, density * n, context)
         rank = _rank(scores)
         m = torch.tensor(float(k), device=scores.device)
         for _ in range(3):  # the overlap with the neighbours shrinks as m does: a few fixed-point steps
@@ -312,9 +325,49 @@ class Auto(TopK):
             m = (m - (kept.sum(-1, dtype=torch.float32).mean() - density * n).round()).clamp(0, n)
         return (rank < m) | near
 
+    def top_p_blocks(
+        self, scores: torch.Tensor, near: torch.Tensor, target: float, context: AttentionContext
+    ) -> torch.Tensor:
+        """Video grids: every row keeps the touching blocks and its best blocks until their
+        estimated share of its mass (softmax of the pooled logits) passes ``p``, with one ``p``
+        for all layers, fitted so that the layers' mean kept count is ``target``.
+
+        Why: a row whose mass is spread gets more blocks and a local one only its neighbours, so
+        the budget flows to the layers and rows that need it. At budget 0.61 on the video proxy
+        (mean of three seeds) this gets 36.7 dB where one ``m`` per call got 34.8 and Rectified
+        SpaAttn's default (top-p 0.3 with a floor of 8 blocks) 35.1; ``p`` fitted per call
+        instead lost 2 dB on seed 0, because it gives every layer the same share
+        (``quality_video_auto_planner.md``). Each
+        layer's kept count as a function of ``p`` (``P_GRID + 1`` points) is recorded at every
+        planned call and at the last warm-up step, so the first refresh already knows every
+        layer; ``p`` comes from the latest curves of all layers of the grid."""
+        after, rank = _mass_after(scores), _rank(scores)
+        self.curves[self.curve_key(context)] = _top_p_curve(after, rank, near)
+        grid = context.call.grid
+        layers = torch.stack([c for key, c in self.curves.items() if key[0] == grid]).mean(0)
+        n_keep = (after >= _tail_for(layers, target)).sum(-1, keepdim=True) + 1
+        return (rank < n_keep) | near
+
+    @staticmethod
+    def curve_key(context: AttentionContext) -> tuple:
+        return context.call.grid, context.call.transformer_name, context.layer.name
+
+    def record_curve(self, q, k, v, scale, key_padding_mask, context: AttentionContext) -> None:
+        """At the last warm-up step: this layer's top-p curve (``top_p_blocks``), from its
+        queries and keys, for the first planned step."""
+        x, _, _ = self.prepare(q, k, v, self.scale(scale, q), key_padding_mask, context)
+        scores = self.block_scores(x, context)
+        near = self.neighbours(context, q.device)[0]
+        self.curves[self.curve_key(context)] = _top_p_curve(_mass_after(scores), _rank(scores), near)
+
     def neighbours(self, context: AttentionContext, device: torch.device) -> tuple[torch.Tensor, float]:
         grid, bs = context.call.grid, self.config.block_size
         return self.cache.get(("curve_neighbours", grid, bs, device), lambda: _near(grid, bs, device))
+
+    def last_warmup_step(self, context: AttentionContext) -> bool:
+        """Whether this call is in the last dense warm-up step of a layer that is planned later."""
+        step, dense_layers = context.call.step_index, self.config.dense_layers or ()
+        return step == self._schedule(context)[0] - 1 and context.layer.index not in dense_layers
 
     def phase(self, context: AttentionContext) -> tuple[str, int]:
         """Warm-up steps and protected layers dense; after the warm-up, a refresh at the
@@ -340,6 +393,8 @@ class Auto(TopK):
         if self.calibrating(context) and context.call.step_index < CALIBRATION_STEPS:
             self.measure(q, k, v, scale, key_padding_mask, context)
             return dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask), 1.0
+        if self.is_video(context) and self.last_warmup_step(context):
+            self.record_curve(q, k, v, scale, key_padding_mask, context)
         return super().attend(q, k, v, scale=scale, key_padding_mask=key_padding_mask, context=context)
 
     def measure(self, q, k, v, scale, key_padding_mask, context: AttentionContext) -> None:
@@ -360,11 +415,56 @@ class Auto(TopK):
     def reset(self) -> None:
         super().reset()
         self.measuring.clear()
+        self.curves.clear()
 
     def close(self) -> None:
         super().close()
         if self.calibration is not None:
             self.calibration.clear()
+
+
+def _mass_after(scores: torch.Tensor) -> torch.Tensor:
+    """Per row, its blocks sorted best first: the estimated mass (softmax of the pooled logits)
+    of the blocks after each one. A row keeps its best blocks while the mass after them is at
+    least ``1 - p``: the top-p rule, summed from the tail so that tiny tails do not round away
+    and ``p = 1`` keeps every block."""
+    mass = torch.softmax(scores.float(), dim=-1).sort(dim=-1, descending=True).values
+    from_here = mass.flip(-1).cumsum(-1).flip(-1)
+    return torch.cat([from_here[..., 1:], torch.zeros_like(from_here[..., :1])], dim=-1)
+
+
+def _tail_at(x: torch.Tensor) -> torch.Tensor:
+    """The remaining mass ``1 - p`` at point ``x`` (0..P_GRID) of the top-p curves: halving every
+    4 points (1 at 0, 2e-5 at P_GRID - 1), then linear to 0 at P_GRID, so that points are dense
+    where a row's last blocks carry little mass and ``p = 1`` (every block) is the last point."""
+    last = P_GRID - 1
+    return torch.where(x <= last, 2.0 ** (-x / 4), 2.0 ** (-last / 4) * (P_GRID - x))
+
+
+def _top_p_curve(after: torch.Tensor, rank: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
+    """(P_GRID + 1,) float32: the mean kept blocks per row at each point of ``_tail_at`` (the
+    row's best blocks while the mass after them is at least the point's, at least one, plus
+    the touching blocks), without building a mask per point: the touching blocks outside the
+    best ``n_keep`` are counted from their sorted ranks."""
+    n = after.shape[-1]
+    tails = _tail_at(torch.arange(P_GRID + 1, device=after.device, dtype=after.dtype))
+    # n_keep = #(after >= tail) + 1; -after is ascending, as searchsorted wants
+    n_keep = torch.searchsorted(-after, (-tails).expand(*after.shape[:-1], -1).contiguous(), right=True)
+    n_keep = (n_keep + 1).clamp(max=n)
+    near = near.expand_as(rank)
+    near_ranks = rank.masked_fill(~near, n).sort(dim=-1).values
+    outside = near.sum(-1, keepdim=True) - torch.searchsorted(near_ranks, n_keep)
+    return (n_keep + outside).float().flatten(0, -2).mean(0)
+
+
+def _tail_for(curve: torch.Tensor, target: float) -> torch.Tensor:
+    """The remaining mass ``1 - p`` at which a (P_GRID + 1,) kept-count curve reaches ``target``
+    (linear between its points; every block where even p = 1 falls short), as a tensor: no
+    host synchronisation."""
+    hi = torch.searchsorted(curve, curve.new_tensor([target])).clamp(1, P_GRID)
+    lo_count, hi_count = curve[hi - 1], curve[hi]
+    step = ((target - lo_count) / (hi_count - lo_count).clamp_min(1e-9)).clamp(0, 1)
+    return _tail_at(hi - 1 + step).squeeze(0)
 
 
 def _rank(scores: torch.Tensor) -> torch.Tensor:
