@@ -500,7 +500,7 @@ class Checkpoint:
     two cores) interrupted by a session's end resumes where it stopped (``--resume``). A row is
     reused only when the run's settings (every argument that changes a number) are the same."""
 
-    IGNORED = ("resume", "threads", "out", "summary", "only", "skip", "auto_density")  # rows are by label
+    IGNORED = ("resume", "update", "threads", "out", "summary", "only", "skip", "auto_density")  # by label
 
     def __init__(self, folder: Path, args: dict, resume: bool) -> None:
         self.folder = folder
@@ -541,6 +541,17 @@ class Checkpoint:
             for path in self.folder.iterdir():
                 path.unlink()
             self.folder.rmdir()
+
+
+def _previous_rows(path: Path) -> dict[str, Row]:
+    """The rows of a written table (``--update``), by label."""
+    if not path.exists():
+        raise SystemExit(f"--update: no table at {path} to update")
+    keys = ("density", "psnr", "ssim", "latent_l2", "tf_error", "seconds")
+    return {
+        e["label"]: Row(e["label"], e["method"], e["options"], e["role"], {k: e[k] for k in keys if k in e})
+        for e in json.loads(path.read_text())
+    }
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -672,6 +683,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="reuse the rows an interrupted run of the same table saved (OUT/<table>.partial/)",
     )
     parser.add_argument(
+        "--update",
+        action="store_true",
+        help="measure only the rows --only names and take every other row from OUT/<table>.json",
+    )
+    parser.add_argument(
         "--summary",
         nargs="+",
         type=Path,
@@ -696,25 +712,32 @@ def main(argv: list[str] | None = None) -> list[Row]:
     pipe.set_progress_bar_config(disable=True)
     block_size = args.block_size or (32 if kind == "image" else None)
     extra_auto = [_auto_row(d) for d in args.auto_density]
-    rows = [
-        r
-        for r in grid_rows(kind, args.quick, warmup, args.grid) + extra_auto
-        if r.role == "dense"
-        or (
-            (not args.only or any(o in r.label for o in args.only))
-            and not any(o in r.label for o in args.skip)
-        )
-    ]
-    extra = dict(map(_parse_option, args.option))
-    seeds = list(range(args.seeds))
 
-    from tqdm.auto import tqdm
+    def selected(r: Row) -> bool:
+        return (not args.only or any(o in r.label for o in args.only)) and not any(
+            o in r.label for o in args.skip
+        )
 
     stem = (
         f"quality_{name}"
         + ("_quick" if args.quick else "")
         + ("" if args.grid == "methods" else f"_{args.grid}")
     )
+    previous = _previous_rows(args.out / f"{stem}.json") if args.update else {}
+    rows = [
+        r
+        for r in grid_rows(kind, args.quick, warmup, args.grid) + extra_auto
+        if r.role == "dense" or selected(r) or r.label in previous
+    ]
+    labels = {r.label for r in rows}
+    rows += [row for label, row in previous.items() if label not in labels]
+    extra = dict(map(_parse_option, args.option))
+    seeds = list(range(args.seeds))
+
+    from tqdm.auto import tqdm
+
+    if previous:
+        started["commit"] += " for the rows measured again; the others are the previous table's"
     saved = Checkpoint(args.out / f"{stem}.partial", dict(vars(args), seeds=seeds), args.resume)
     dense = {seed: generate(pipe, call, seed) for seed in seeds}
     sheet = {"dense": dense[0].frames[0]}
@@ -728,6 +751,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 tf_error=0.0,
                 seconds=sum(r.seconds for r in dense.values()) / len(seeds),
             )
+            continue
+        if row.label in previous and not selected(row):
+            row.result = previous[row.label].result
             continue
         resolve_row(row, call, block_size, kind)
         if row.method != "dense":
@@ -784,7 +810,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         + "\n"
     )
     plot(name, rows, args.out / f"{stem}.png")
-    contact_sheet(name, sheet, args.out / f"{stem}_sheet.png")
+    if not previous or all(r.label.replace(" default", "") in sheet for r in rows if r.role == "default"):
+        contact_sheet(name, sheet, args.out / f"{stem}_sheet.png")  # else the previous sheet stays
     print((args.out / f"{stem}.md").read_text())
     saved.remove()
     return rows

@@ -151,6 +151,26 @@ def test_an_interrupted_table_resumes_from_its_saved_rows_and_only_with_the_same
     assert psnr(quality.main([*argv, "--guidance", "2.0", "--resume"])) != 123.0
 
 
+def test_an_update_measures_only_the_named_rows_and_keeps_the_others(tmp_path):
+    argv = ["--proxy", "video", "--untrained", "--quick", "--size", "2x32x64", "--block-size", "16"]
+    argv += ["--steps", "2", "--warmup", "1", "--only", "topk d=0.25", "--out", str(tmp_path)]
+    quality.main(argv)
+    table = tmp_path / "quality_video_untrained_quick.json"
+    rows = json.loads(table.read_text())
+    for entry in rows:  # plant values a measurement cannot give
+        if entry["label"] == "topk d=0.25":
+            entry["psnr"] = 123.0
+    rows.append(dict(rows[-1], label="kept from before", psnr=77.0))
+    table.write_text(json.dumps(rows))
+    updated = quality.main([*argv[:-4], "--only", "topk d=0.5", "--out", str(tmp_path), "--update"])
+    psnr = {r.label: r.result["psnr"] for r in updated}
+    assert psnr["topk d=0.25"] == 123.0 and psnr["kept from before"] == 77.0  # not measured
+    assert math.isfinite(psnr["topk d=0.5"]) and psnr["topk d=0.5"] != psnr["topk d=0.25"]
+    assert "the others are the previous table's" in table.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="no table"):
+        quality.main([*argv[:-2], "--out", str(tmp_path / "empty"), "--update"])
+
+
 def test_refresh_rows_give_auto_the_residual_with_their_interval_and_change_its_schedule():
     from dit_accel.methods.auto import schedule
 
